@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the suite on all
+# three backends). Both create the virtualenv and install everything on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BACKENDS := tensorflow jax torch
+
+.PHONY: setup demo test
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# CPU builds: torch 2.13.0 is the CPU wheel on this machine's disk; see the README for GPUs.
+	$(PY) -m pip install "torch==2.13.0" "tensorflow-cpu>=2.16" -e ".[jax,analysis,test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m applications.train
+
+# One pytest process per backend; all three run, and the target fails if any failed.
+test: setup
+	@failed=""; \
+	for backend in $(BACKENDS); do \
+		echo "=== KERAS_BACKEND=$$backend"; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS) \
+			|| failed="$$failed $$backend"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi

@@ -1,0 +1,29 @@
+"""keras_irevnet: i-RevNet, the invertible image classifier, in Keras 3.
+
+Jacobsen, Smeulders & Oyallon, "i-RevNet: Deep Invertible Networks", ICLR 2018.
+"""
+
+from keras_irevnet import layers
+from keras_irevnet.convert import load_official_weights
+from keras_irevnet.models import (
+    BlockStack,
+    IRevNet,
+    IRevNetBijective,
+    IRevNetCIFAR,
+    IRevNetInjective,
+)
+from keras_irevnet.preprocessing import deprocess_input, preprocess_input
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockStack",
+    "IRevNet",
+    "IRevNetBijective",
+    "IRevNetCIFAR",
+    "IRevNetInjective",
+    "deprocess_input",
+    "layers",
+    "load_official_weights",
+    "preprocess_input",
+]

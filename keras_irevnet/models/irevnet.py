@@ -1,0 +1,300 @@
+"""The i-RevNet model: class scores from `call`, Phi(x) from `features`, x from `inverse`."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_irevnet.layers.initializers import torch_bias_initializer, torch_kernel_initializer
+from keras_irevnet.layers.bottleneck import BN_EPSILON
+from keras_irevnet.layers.invertible_downsampling import InvertibleDownsampling
+from keras_irevnet.models.block_stack import BlockStack, _check_stage_config, check_stage_widths
+from keras_irevnet.models.weights_file import check_weights_argument, load_weights_file
+
+# The reference's head BatchNorm uses PyTorch momentum 0.9, which is Keras momentum 0.1.
+HEAD_BN_MOMENTUM = 0.1
+
+
+def _check_input_shape(input_shape, downsampling, detail):
+    if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels) (channels-last), "
+            f"got {input_shape!r}."
+        )
+    h, w, c = input_shape
+    if c is None or c < 1:
+        raise ValueError(f"`input_shape` must give the number of channels, got {input_shape!r}.")
+    bad = [size for size in (h, w) if size is not None and (size < 1 or size % downsampling)]
+    if bad:
+        fit = max(downsampling, downsampling * round(bad[0] / downsampling))
+        raise ValueError(
+            f"input_shape {tuple(input_shape)}: height and width must be multiples of the "
+            f"model's total downsampling {downsampling} ({detail}); got {bad[0]}. "
+            f"The nearest size that fits is {fit}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_irevnet")
+class IRevNet(keras.Model):
+    """An i-RevNet (Jacobsen, Smeulders & Oyallon, ICLR 2018): invertible up to its head.
+
+    The network is `x -> [psi(2)] -> split -> blocks -> merge -> Phi(x)`, every step invertible
+    (bijective, or injective where a block pads channels), followed when `include_top` by the
+    non-invertible head BN -> ReLU -> global average pool -> Dense. Stage k has `blocks[k]`
+    blocks of width `channels[k]` per half; its first block has stride `strides[k]`.
+
+    Args:
+        blocks: blocks per stage, e.g. (18, 18, 18).
+        strides: stride (1 or 2) of each stage's first block.
+        channels: width of each half in each stage (`nChannels` of the authors' code). A
+            stride-2 stage must have twice the channels entering it; a stride-1 stage may be
+            wider (it then pads with zeros: injective).
+        init_ds: 2 to start with invertible downsampling psi(2) (C -> 4C channels at half
+            resolution), 0 for none.
+        mult: bottleneck factor; each F has hidden width `channels // mult`.
+        dropout: dropout rate inside each F.
+        include_top: whether to add the classification head. Without it the model returns
+            Phi(x) (or its pooled version, see `pooling`).
+        weights: None, or the path of a `.weights.h5` / `.keras` file to load.
+        input_tensor: optional `keras.Input` to use as the model's input.
+        input_shape: (height, width, channels); height and width must be multiples of the
+            total downsampling. Defaults to (224, 224, 3).
+        pooling: with `include_top=False`: None (return Phi(x)), "avg" or "max".
+        classes: number of classes of the head.
+        classifier_activation: activation of the head's Dense layer ("softmax", None for
+            logits, ...).
+        memory_efficient: train with reversible backprop, recomputing each block's input from
+            its output instead of storing activations.
+        name: model name.
+        dtype: dtype policy of every layer (e.g. "float64" or "mixed_float16"); defaults to
+            the global policy.
+
+    Only channels-last data is supported: the channel order of psi and the splits are defined
+    on the last axis, and a transposed copy would give another network.
+    """
+
+    def __init__(
+        self,
+        blocks,
+        strides,
+        channels,
+        init_ds=2,
+        mult=4,
+        dropout=0.0,
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        memory_efficient=False,
+        name="irevnet",
+        dtype=None,
+        **kwargs,
+    ):
+        blocks, strides, channels = _as_tuple(blocks), _as_tuple(strides), _as_tuple(channels)
+        _check_stage_config(blocks, strides, channels)
+        if init_ds not in (0, 2):
+            raise ValueError(
+                f"`init_ds` must be 0 (no initial downsampling) or 2 (psi(2) first), "
+                f"got {init_ds!r}."
+            )
+        if keras.config.image_data_format() != "channels_last":
+            raise ValueError(
+                "keras_irevnet supports channels_last only (the order of invertible "
+                "downsampling and of the channel splits is defined on the last axis); "
+                "the Keras image data format is set to "
+                f"{keras.config.image_data_format()!r}. Call "
+                "keras.config.set_image_data_format('channels_last')."
+            )
+        if pooling not in (None, "avg", "max"):
+            raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {pooling!r}.")
+        if include_top and (
+            not isinstance(classes, int) or isinstance(classes, bool) or classes < 1
+        ):
+            raise ValueError(f"`classes` must be a positive integer, got {classes!r}.")
+        check_weights_argument(weights)
+
+        if input_tensor is not None:
+            inputs = _source_input(input_tensor)
+            input_shape = tuple(inputs.shape[1:])
+        else:
+            input_shape = (224, 224, 3) if input_shape is None else tuple(input_shape)
+        downsampling = (2 if init_ds else 1) * 2 ** strides.count(2)
+        _check_input_shape(
+            input_shape,
+            downsampling,
+            f"init_ds={init_ds} and {strides.count(2)} stride-2 stages",
+        )
+        in_channels = input_shape[-1] * (4 if init_ds else 1)
+        check_stage_widths(in_channels, strides, channels)
+
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else None
+        if input_tensor is None:
+            input_dtype = policy.variable_dtype if policy else keras.config.floatx()
+            inputs = keras.Input(shape=input_shape, dtype=input_dtype, name="image")
+
+        # === Layers ===
+        initial_downsampling = (
+            InvertibleDownsampling(2, dtype=policy, name="initial_psi") if init_ds else None
+        )
+        block_stack = BlockStack(
+            blocks,
+            strides,
+            channels,
+            dropout=dropout,
+            mult=mult,
+            memory_efficient=memory_efficient,
+            dtype=policy,
+            name="block_stack",
+        )
+
+        # === Functional graph ===
+        x = inputs
+        if initial_downsampling is not None:
+            x = initial_downsampling(x)
+        phi = block_stack(x)
+        if include_top:
+            features = phi.shape[-1]
+            x = keras.layers.BatchNormalization(
+                momentum=HEAD_BN_MOMENTUM, epsilon=BN_EPSILON, dtype=policy, name="head_norm"
+            )(phi)
+            x = keras.layers.Activation("relu", dtype=policy, name="head_relu")(x)
+            x = keras.layers.GlobalAveragePooling2D(dtype=policy, name="avg_pool")(x)
+            outputs = keras.layers.Dense(
+                classes,
+                activation=classifier_activation,
+                kernel_initializer=torch_kernel_initializer(),
+                bias_initializer=torch_bias_initializer(features),
+                dtype=policy,
+                name="predictions",
+            )(x)
+        elif pooling == "avg":
+            outputs = keras.layers.GlobalAveragePooling2D(dtype=policy, name="avg_pool")(phi)
+        elif pooling == "max":
+            outputs = keras.layers.GlobalMaxPooling2D(dtype=policy, name="max_pool")(phi)
+        else:
+            outputs = phi
+        super().__init__(inputs=inputs, outputs=outputs, name=name, dtype=policy, **kwargs)
+
+        # === Config === (after the functional init: torch modules refuse earlier attributes)
+        self.initial_downsampling = initial_downsampling
+        self.block_stack = block_stack
+        self.stage_blocks = blocks
+        self.stage_strides = strides
+        self.stage_channels = channels
+        self.init_ds = init_ds
+        self.mult = mult
+        self.dropout = dropout
+        self.include_top = include_top
+        self.pooling = pooling
+        self.classes = classes
+        self.classifier_activation = classifier_activation
+        self.memory_efficient = memory_efficient
+        self.image_shape = tuple(input_shape)
+        self.feature_shape = tuple(phi.shape[1:])
+
+        if weights is not None:
+            load_weights_file(self, weights, include_top, classes)
+
+    @property
+    def total_downsampling(self):
+        """Factor by which height and width shrink from the image to Phi(x)."""
+        return (2 if self.init_ds else 1) * 2 ** self.stage_strides.count(2)
+
+    @property
+    def injective(self):
+        """True when some block pads channels, so Phi(x) has more numbers than x."""
+        return math.prod(self.feature_shape) != math.prod(self.image_shape)
+
+    def _as_input(self, x, expected, what):
+        x = ops.convert_to_tensor(x)
+        got = tuple(x.shape[1:])
+        if len(got) != len(expected) or any(
+            e is not None and g != e for g, e in zip(got, expected)
+        ):
+            raise ValueError(
+                f"{self.name}.{what} expects a batch of shape (batch, "
+                f"{', '.join(str(e) for e in expected)}), got shape {tuple(x.shape)}."
+            )
+        return x
+
+    def features(self, x, training=False):
+        """Phi(x): the invertible representation, before the (non-invertible) head.
+
+        Args:
+            x: a batch of images, shape (batch,) + `image_shape`, preprocessed as for `call`.
+            training: BatchNorm / dropout mode (False: moving statistics, the mode in which
+                `inverse` is the exact inverse).
+
+        Returns:
+            A tensor of shape (batch,) + `feature_shape`.
+        """
+        x = self._as_input(x, self.image_shape, "features")
+        if self.initial_downsampling is not None:
+            x = self.initial_downsampling(x)
+        return self.block_stack(x, training=training)
+
+    def inverse(self, z):
+        """x from Phi(x): the exact inverse of `features` (inference mode), up to rounding.
+
+        Args:
+            z: a batch of representations, shape (batch,) + `feature_shape`.
+
+        Returns:
+            The images, shape (batch,) + `image_shape`.
+        """
+        z = self._as_input(z, self.feature_shape, "inverse")
+        z = ops.cast(z, self.compute_dtype)
+        x = self.block_stack.inverse(z)
+        if self.initial_downsampling is not None:
+            x = self.initial_downsampling.inverse(x)
+        return x
+
+    def get_config(self):
+        return {
+            "blocks": self.stage_blocks,
+            "strides": self.stage_strides,
+            "channels": self.stage_channels,
+            "init_ds": self.init_ds,
+            "mult": self.mult,
+            "dropout": self.dropout,
+            "include_top": self.include_top,
+            "input_shape": self.image_shape,
+            "pooling": self.pooling,
+            "classes": self.classes,
+            "classifier_activation": _serialize_activation(self.classifier_activation),
+            "memory_efficient": self.memory_efficient,
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def _serialize_activation(activation):
+    if activation is None or isinstance(activation, str):
+        return activation
+    return keras.activations.serialize(activation)
+
+
+def _as_tuple(values):
+    return tuple(values) if isinstance(values, (list, tuple)) else values
+
+
+def _source_input(input_tensor):
+    history = getattr(input_tensor, "_keras_history", None)
+    if history is None or not isinstance(history.operation, keras.layers.InputLayer):
+        raise ValueError(
+            "`input_tensor` must be a `keras.Input` (a model input); got "
+            f"{input_tensor!r}. To put layers in front of an i-RevNet, call the model on "
+            "your tensor instead: `outputs = kir.IRevNetCIFAR(...)(x)`."
+        )
+    return input_tensor
