@@ -17,3 +17,19 @@ def _seed_and_policy():
     keras.utils.set_random_seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def float64_enabled():
+    """Turns on JAX's 64-bit mode for one test (JAX computes float64 as float32 otherwise)."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)

@@ -131,6 +131,7 @@ class IRevNet(keras.Model):
         check_stage_widths(in_channels, strides, channels)
 
         policy = keras.dtype_policies.get(dtype) if dtype is not None else None
+        _check_float64_support(policy.variable_dtype if policy else keras.config.floatx())
         if input_tensor is None:
             input_dtype = policy.variable_dtype if policy else keras.config.floatx()
             inputs = keras.Input(shape=input_shape, dtype=input_dtype, name="image")
@@ -246,7 +247,8 @@ class IRevNet(keras.Model):
             The images, shape (batch,) + `image_shape`.
         """
         z = self._as_input(z, self.feature_shape, "inverse")
-        z = ops.cast(z, self.compute_dtype)
+        # The stack's dtype, not the model's: a functional model keeps the global policy.
+        z = ops.cast(z, self.block_stack.compute_dtype)
         x = self.block_stack.inverse(z)
         if self.initial_downsampling is not None:
             x = self.initial_downsampling.inverse(x)
@@ -277,6 +279,20 @@ class IRevNet(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def _check_float64_support(dtype):
+    # JAX computes in float32 unless x64 is enabled, silently: the inverse would then be
+    # float32-exact while the user asked for float64.
+    if dtype == "float64" and keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError(
+                "float64 on the JAX backend needs 64-bit mode, which is off: call "
+                "`jax.config.update('jax_enable_x64', True)` before building the model "
+                "(or set JAX_ENABLE_X64=1)."
+            )
 
 
 def _serialize_activation(activation):

@@ -1,0 +1,157 @@
+"""Each invertible layer: exact inverse, shapes, config round trip, symbolic use."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_irevnet.layers import (
+    InjectivePadding,
+    InvertibleDownsampling,
+    IRevNetBlock,
+    merge_channels,
+    split_channels,
+)
+from tests.helpers import photos, preprocessed_photos, relative_error, to_numpy
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+
+
+def psi_by_definition(x, b):
+    """REFERENCE.md's order, pixel by pixel: (h*b+dh, w*b+dw, c) -> channel (dh*b+dw)*C + c."""
+    n, h, w, c = x.shape
+    out = np.zeros((n, h // b, w // b, b * b * c), x.dtype)
+    for dh in range(b):
+        for dw in range(b):
+            for ch in range(c):
+                out[:, :, :, (dh * b + dw) * c + ch] = x[:, dh::b, dw::b, ch]
+    return out
+
+
+def roundtrip_config(layer):
+    return layer.__class__.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("block_size", [2, 4])
+def test_invertible_downsampling_order_and_inverse(block_size):
+    x = photos(32, 2)
+    layer = InvertibleDownsampling(block_size)
+    y = to_numpy(layer(x))
+    np.testing.assert_array_equal(y, psi_by_definition(x, block_size))
+    assert y.shape == layer.compute_output_shape(x.shape)
+    np.testing.assert_array_equal(to_numpy(layer.inverse(y)), x)  # a permutation: exact
+    assert roundtrip_config(layer)
+
+
+def test_invertible_downsampling_is_not_pixel_unshuffle_order():
+    # Guards the trap REFERENCE.md names: torch's PixelUnshuffle is channel-major.
+    x = np.arange(2 * 2 * 2, dtype="float32").reshape(1, 2, 2, 2)
+    y = to_numpy(InvertibleDownsampling(2)(x))[0, 0, 0]
+    np.testing.assert_array_equal(y, [0, 1, 2, 3, 4, 5, 6, 7])  # (dh,dw)-major, c-minor
+
+
+def test_invertible_downsampling_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="height 30 is not divisible by the block size 4"):
+        InvertibleDownsampling(4)(np.zeros((1, 30, 32, 3), "float32"))
+
+
+def test_injective_padding_appends_zeros_and_inverts():
+    x = preprocessed_photos(16, 2)
+    layer = InjectivePadding(5)
+    y = to_numpy(layer(x))
+    assert y.shape == (2, 16, 16, 8) == layer.compute_output_shape(x.shape)
+    np.testing.assert_array_equal(y[..., :3], x)
+    np.testing.assert_array_equal(y[..., 3:], 0.0)
+    np.testing.assert_array_equal(to_numpy(layer.inverse(y)), x)
+    assert roundtrip_config(layer)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        InjectivePadding(-1)
+
+
+def test_split_gives_first_half_the_floor():
+    x = np.arange(5, dtype="float32").reshape(1, 1, 1, 5)
+    x1, x2 = split_channels(x)
+    assert x1.shape[-1] == 2 and x2.shape[-1] == 3
+    np.testing.assert_array_equal(to_numpy(merge_channels(x1, x2)), x)
+
+
+# (filters, strides, first) for 12 input channels: bijective stride 1, stride 2, injective.
+BLOCK_CASES = {
+    "stride1": (6, 1, False),
+    "stride2": (24, 2, False),
+    "injective": (16, 1, False),
+    "first_injective": (16, 1, True),
+}
+
+
+def _block_input(dtype, real):
+    if real:
+        x = preprocessed_photos(32, 2, dtype)
+    else:
+        x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(dtype)
+    return split_channels(to_numpy(InvertibleDownsampling(2, dtype=dtype)(x)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("real", [True, False], ids=["photos", "noise"])
+@pytest.mark.parametrize("case", list(BLOCK_CASES))
+def test_block_inverse(case, real, dtype, float64_enabled):
+    filters, strides, first = BLOCK_CASES[case]
+    block = IRevNetBlock(filters, strides=strides, first=first, dropout=0.1, dtype=dtype)
+    x1, x2 = _block_input(dtype, real)
+    # Moving statistics away from (0, 1) so the test exercises BatchNorm's inference mode.
+    block((x1, x2), training=True)
+    for _ in range(3):
+        block((x1, x2), training=True)
+    y = block((x1, x2), training=False)
+    assert tuple(y[0].shape) == tuple(y[1].shape) == block.compute_output_shape(
+        (x1.shape, x2.shape)
+    )[0]
+    assert block.injective == (case in ("injective", "first_injective"))
+    r1, r2 = block.inverse(y)
+    err = relative_error(merge_channels(r1, r2), merge_channels(x1, x2))
+    assert err <= TOLERANCE[dtype], err
+    assert str(to_numpy(y[0]).dtype) == dtype
+
+
+def test_block_swaps_halves():
+    block = IRevNetBlock(6)
+    x1, x2 = _block_input("float32", True)
+    y = block((x1, x2))
+    np.testing.assert_array_equal(to_numpy(y[0]), x2)  # stride 1: x2 passes through
+
+
+def test_block_first_has_no_input_batchnorm():
+    assert IRevNetBlock(16, first=True).bottleneck.input_norm is None
+    assert IRevNetBlock(16).bottleneck.input_norm is not None
+
+
+def test_block_config_roundtrip_and_serialization():
+    block = IRevNetBlock(24, strides=2, dropout=0.25, mult=2, name="b")
+    x = _block_input("float32", True)
+    block(x)
+    clone = keras.layers.deserialize(keras.layers.serialize(block))
+    assert isinstance(clone, IRevNetBlock) and clone.get_config() == block.get_config()
+    clone(x)
+    assert len(clone.weights) == len(block.weights)
+
+
+def test_block_width_errors_say_what_fits():
+    x = _block_input("float32", False)
+    with pytest.raises(ValueError, match=r"needs channels = 2 \* 12 = 24, got 20"):
+        IRevNetBlock(20, strides=2)(x)
+    with pytest.raises(ValueError, match="cannot narrow.*use channels >= 6"):
+        IRevNetBlock(4)(x)
+
+
+def test_layers_work_symbolically_in_a_functional_model():
+    inputs = keras.Input((32, 32, 3))
+    psi = InvertibleDownsampling(2)
+    x1, x2 = split_channels(psi(inputs))
+    block = IRevNetBlock(16)
+    y1, y2 = block((x1, x2))
+    outputs = InjectivePadding(2)(merge_channels(y1, y2))
+    model = keras.Model(inputs, outputs)
+    assert model.output_shape == (None, 16, 16, 34)
+    x = preprocessed_photos(32, 2)
+    eager = InjectivePadding(2)(merge_channels(*block((split_channels(psi(x))))))
+    np.testing.assert_allclose(to_numpy(model(x)), to_numpy(eager), rtol=1e-6, atol=1e-6)

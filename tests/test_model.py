@@ -1,0 +1,239 @@
+"""The IRevNet model and its constructors: counts, inversion, saving, fit, symbolic use."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_irevnet as kir
+from tests.helpers import preprocessed_photos, relative_error, to_numpy
+
+
+def tiny(**kwargs):
+    config = dict(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
+                  input_shape=(32, 32, 3), classes=5)
+    config.update(kwargs)
+    return kir.IRevNet(**config)
+
+
+def trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def settle_batchnorm(model, x, steps=3):
+    """A few training-mode passes, so the inference-mode statistics are not (0, 1)."""
+    for _ in range(steps):
+        model(x, training=True)
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    keras.utils.set_random_seed(0)
+    return kir.IRevNetCIFAR(classifier_activation=None)
+
+
+@pytest.fixture(scope="module")
+def bijective():
+    keras.utils.set_random_seed(0)
+    return kir.IRevNetBijective()
+
+
+def test_cifar_parameter_count_and_shapes(cifar):
+    assert trainable_count(cifar) == 6_274_826
+    assert cifar.feature_shape == (8, 8, 512)
+    assert len(cifar.block_stack.blocks) == 54 and cifar.injective
+
+
+def test_bijective_parameter_count_and_shapes(bijective):
+    assert trainable_count(bijective) == 125_120_356
+    assert bijective.feature_shape == (7, 7, 3072)
+    assert not bijective.injective  # Phi(x) has exactly as many numbers as x
+
+
+def test_injective_parameter_count_near_paper():
+    model = kir.IRevNetInjective()
+    assert abs(trainable_count(model) / 181e6 - 1) <= 0.05
+    assert model.injective and model.feature_shape == (14, 14, 3712)
+
+
+def test_cifar_inverts_real_photos(cifar):
+    x = preprocessed_photos(32, 4)
+    settle_batchnorm(cifar, x)
+    assert relative_error(cifar.inverse(cifar.features(x)), x) <= 1e-5
+
+
+def test_bijective_inverts_real_photos(bijective):
+    x = preprocessed_photos(224, 2)
+    z = bijective.features(x)
+    assert tuple(z.shape) == (2, 7, 7, 3072)
+    assert relative_error(bijective.inverse(z), x) <= 1e-5
+    scores = to_numpy(bijective(x))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)  # softmax head
+
+
+def test_float64_inverse_to_1e12(float64_enabled):
+    model = tiny(dtype="float64", blocks=(2, 2))
+    x = preprocessed_photos(32, 2, "float64")
+    settle_batchnorm(model, x)
+    z = model.features(x)
+    assert str(to_numpy(z).dtype) == "float64"
+    assert relative_error(model.inverse(z), x) <= 1e-12
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_runs_forward(policy):
+    model = tiny(dtype=policy)
+    x = preprocessed_photos(32, 2)
+    scores = to_numpy(model(x))
+    assert scores.shape == (2, 5) and np.all(np.isfinite(scores.astype("float32")))
+    assert model.block_stack.blocks[0].bottleneck.conv1.kernel.dtype == "float32"
+    z = model.features(x)
+    assert relative_error(model.inverse(z), x) < 1e-1  # half precision: a rough inverse
+
+
+def test_include_top_false_and_pooling():
+    x = preprocessed_photos(32, 2)
+    phi = tiny(include_top=False)
+    assert phi.output_shape == (None, 8, 8, 64)
+    np.testing.assert_allclose(to_numpy(phi(x)), to_numpy(phi.features(x)), rtol=1e-6, atol=1e-6)
+    assert tiny(include_top=False, pooling="avg").output_shape == (None, 64)
+    assert tiny(include_top=False, pooling="max").output_shape == (None, 64)
+
+
+def test_keras_saving_roundtrip(tmp_path):
+    model = tiny(dropout=0.1)
+    x = preprocessed_photos(32, 2)
+    settle_batchnorm(model, x)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, kir.IRevNet) and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+    z = model.features(x)
+    np.testing.assert_array_equal(to_numpy(loaded.features(x)), to_numpy(z))
+    np.testing.assert_array_equal(to_numpy(loaded.inverse(z)), to_numpy(model.inverse(z)))
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_weights_argument_loads_file(tmp_path, suffix):
+    model = tiny()
+    x = preprocessed_photos(32, 2)
+    settle_batchnorm(model, x)
+    path = str(tmp_path / f"m{suffix}")
+    model.save_weights(path) if suffix == ".weights.h5" else model.save(path)
+    reloaded = tiny(weights=path)
+    np.testing.assert_array_equal(to_numpy(reloaded(x)), to_numpy(model(x)))
+
+
+def test_symbolic_use_inside_functional_model():
+    irevnet = tiny(classifier_activation=None)
+    inputs = keras.Input((32, 32, 3))
+    scaled = keras.layers.Rescaling(2.0)(inputs)
+    outputs = keras.layers.Dense(3)(irevnet(scaled))
+    outer = keras.Model(inputs, outputs)
+    assert outer.output_shape == (None, 3)
+    x = preprocessed_photos(32, 2)
+    assert to_numpy(outer(x)).shape == (2, 3)
+    own = kir.IRevNetCIFAR(input_tensor=keras.Input((32, 32, 3), name="pixels"))
+    assert own.inputs[0].name == "pixels" and own.output_shape == (None, 10)
+
+
+def _digits(size=16):
+    from sklearn.datasets import load_digits
+    from skimage.transform import resize
+
+    digits = load_digits()
+    images = digits.images[:, :, :, None] / 16.0
+    images = np.stack([resize(im, (size, size), order=1) for im in images]).astype("float32")
+    return (images - 0.3) / 0.4, digits.target.astype("int32")
+
+
+def test_fit_lowers_loss_and_model_still_inverts():
+    x, y = _digits()
+    x, y = x[:512], y[:512]
+    model = kir.IRevNet(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
+                        input_shape=(16, 16, 1), classes=10, classifier_activation=None)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+    after = model.evaluate(x, y, verbose=0)
+    assert after < 0.5 * before, (before, after)
+    assert relative_error(model.inverse(model.features(x[:32])), x[:32]) <= 1e-5
+
+
+# --- errors: raised at construction where possible, saying what fits -----------------------
+
+
+def test_error_spatial_size_not_divisible():
+    with pytest.raises(ValueError, match=r"multiples of the model's total downsampling 32.*got 100.*nearest size that fits is 96"):
+        kir.IRevNetBijective(input_shape=(100, 100, 3))
+
+
+def test_error_stride2_stage_width():
+    with pytest.raises(ValueError, match=r"channels\[1\]=60 does not fit stage 1.*channels = 2 \* 32 = 64"):
+        kir.IRevNet(blocks=(1, 1), strides=(1, 2), channels=(16, 60), init_ds=0, input_shape=(32, 32, 3))
+
+
+def test_error_list_lengths():
+    with pytest.raises(ValueError, match="same length; got 2 blocks .* 3 strides"):
+        kir.IRevNet(blocks=(1, 1), strides=(1, 2, 2), channels=(8, 32, 128))
+
+
+def test_error_init_ds():
+    with pytest.raises(ValueError, match="`init_ds` must be 0 .* or 2 .* got 4"):
+        tiny(init_ds=4)
+
+
+def test_error_weights_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
+        tiny(weights=str(tmp_path / "nope.weights.h5"))
+    with pytest.raises(ValueError, match=r"\.weights\.h5. or .\.keras. file"):
+        tiny(weights="imagenet")
+
+
+def test_error_classes_inconsistent_with_weights(tmp_path):
+    path = str(tmp_path / "five.weights.h5")
+    tiny(classes=5).save_weights(path)
+    with pytest.raises(ValueError, match="classifier for 5 classes.*classes=7; pass classes=5"):
+        tiny(classes=7, weights=path)
+    with pytest.raises(ValueError, match="include_top=True, classes=5"):
+        tiny(include_top=False, weights=path)
+
+
+def test_error_inverse_wrong_shape():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"inverse expects a batch of shape \(batch, 8, 8, 64\), got shape \(2, 8, 8, 63\)"):
+        model.inverse(np.zeros((2, 8, 8, 63), "float32"))
+    with pytest.raises(ValueError, match=r"features expects a batch of shape \(batch, 32, 32, 3\)"):
+        model.features(np.zeros((2, 32, 32, 1), "float32"))
+
+
+def test_error_float64_on_jax_without_x64():
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX-only: the other backends compute float64 natively")
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        tiny(dtype="float64")
+
+
+def test_error_channels_first_refused():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ValueError, match="channels_last only"):
+            tiny()
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
+def test_error_input_tensor_not_an_input():
+    x = keras.layers.Rescaling(2.0)(keras.Input((32, 32, 3)))
+    with pytest.raises(ValueError, match="must be a `keras.Input`"):
+        tiny(input_tensor=x)
+
+
+def test_error_bad_pooling_and_classes():
+    with pytest.raises(ValueError, match="`pooling` must be None, 'avg' or 'max', got 'sum'"):
+        tiny(include_top=False, pooling="sum")
+    with pytest.raises(ValueError, match="`classes` must be a positive integer, got 0"):
+        tiny(classes=0)
