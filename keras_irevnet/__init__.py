@@ -5,6 +5,7 @@ Jacobsen, Smeulders & Oyallon, "i-RevNet: Deep Invertible Networks", ICLR 2018.
 
 from keras_irevnet import layers
 from keras_irevnet.convert import load_official_weights
+from keras_irevnet.export import export_onnx, export_saved_model
 from keras_irevnet.models import (
     BlockStack,
     IRevNet,
@@ -23,6 +24,8 @@ __all__ = [
     "IRevNetCIFAR",
     "IRevNetInjective",
     "deprocess_input",
+    "export_onnx",
+    "export_saved_model",
     "layers",
     "load_official_weights",
     "preprocess_input",

@@ -1,0 +1,277 @@
+r"""Converts the authors' PyTorch i-RevNet checkpoint into a Keras `.weights.h5` file.
+
+The checkpoints of github.com/jhjacobsen/pytorch-i-revnet (`torch.save({'state_dict': ...})`,
+`module.` prefixes) load into the matching constructor; the result loads back with
+`kir.IRevNetBijective(weights="irevnet_bijective.weights.h5")` (or `model.load_weights`).
+
+    python -m applications.convert \
+        --official_checkpoint=ckpt/i-revnet-301.pth.tar --model=bijective \
+        --output=irevnet_bijective.weights.h5 --sanity_batch=some_photos/
+
+With `--sanity_batch` (a directory of .jpg/.png files or a .npy array of RGB pixels in
+[0, 255], shape (N, H, W, 3)) it prints the top-1 class of each image, a quick check that the
+conversion is right (a wrong layout gives near-uniform, image-independent predictions).
+
+Runs on any Keras backend; torch is needed to read the checkpoint file.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+# The model names the applications accept, and the preprocessing each was trained with.
+MODEL_NAMES = ("bijective", "injective", "cifar", "custom")
+_PREPROCESSING = {"bijective": "imagenet", "injective": "imagenet", "cifar": "cifar"}
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def define_model_flags():
+    """The flags that pick an architecture (shared with applications/export.py)."""
+    flags.DEFINE_string(
+        "model",
+        None,
+        f"Architecture: one of {', '.join(MODEL_NAMES)}. bijective / injective / cifar are "
+        "kir.IRevNetBijective / IRevNetInjective / IRevNetCIFAR; custom is kir.IRevNet with "
+        "the arguments of --model_config.",
+    )
+    flags.DEFINE_string(
+        "model_config",
+        None,
+        'JSON object of constructor arguments, e.g. \'{"classes": 100}\' for a preset, or '
+        '\'{"blocks": [1, 1], "strides": [1, 2], "channels": [8, 32], "init_ds": 2, '
+        '"input_shape": [32, 32, 3], "classes": 5}\' for --model=custom.',
+    )
+
+
+def parse_model_arguments(model, model_config, flag="--model"):
+    """Validates a model name and its JSON config; returns the constructor keyword arguments.
+
+    Cheap (builds nothing), so the applications call it before any slow work.
+    """
+    if model is None:
+        raise ValueError(f"{flag} is required: one of {', '.join(MODEL_NAMES)}.")
+    if model not in MODEL_NAMES:
+        raise ValueError(
+            f"{flag}: unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}."
+        )
+    kwargs = {}
+    if model_config:
+        try:
+            kwargs = json.loads(model_config)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"--model_config must be a JSON object, got {model_config!r} ({error})."
+            ) from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model_config must be a JSON object, got {model_config!r}.")
+    if model == "custom":
+        missing = [key for key in ("blocks", "strides", "channels") if key not in kwargs]
+        if missing:
+            raise ValueError(
+                f"--model=custom needs --model_config with the keys blocks, strides and "
+                f"channels (arguments of kir.IRevNet); missing: {', '.join(missing)}."
+            )
+    return kwargs
+
+
+def build_model(model, model_config=None, weights=None):
+    """The Keras model named `model` (see MODEL_NAMES), built with `model_config` (JSON)."""
+    import keras_irevnet as kir
+
+    kwargs = parse_model_arguments(model, model_config)
+    constructor = {
+        "bijective": kir.IRevNetBijective,
+        "injective": kir.IRevNetInjective,
+        "cifar": kir.IRevNetCIFAR,
+        "custom": kir.IRevNet,
+    }[model]
+    try:
+        return constructor(weights=weights, **kwargs)
+    except TypeError as error:  # an argument the constructor does not take
+        raise ValueError(f"--model_config does not fit --model={model}: {error}") from None
+
+
+def preprocessing_mode(model, preprocessing=None):
+    """The `preprocess_input` mode for `model`: the given one, else the model's training one."""
+    if preprocessing is not None:
+        return preprocessing
+    if model in _PREPROCESSING:
+        return _PREPROCESSING[model]
+    raise ValueError("--preprocessing (imagenet or cifar) is required with --model=custom.")
+
+
+def _load_image(path, size):
+    """An RGB image resized as the reference evaluates: shorter side to size*256/224, then a
+    central size x size crop (for 32x32 CIFAR images: resized to size x size directly)."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = size
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if (height, width) == (32, 32):
+            return np.asarray(image.resize((width, height), Image.BILINEAR), dtype="float32")
+        scale = max(height, width) * 256 / 224 / min(image.size)
+        resized = image.resize(
+            (max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))),
+            Image.BILINEAR,
+        )
+        left = (resized.size[0] - width) // 2
+        top = (resized.size[1] - height) // 2
+        cropped = resized.crop((left, top, left + width, top + height))
+        return np.asarray(cropped, dtype="float32")
+
+
+def load_sanity_batch(path, image_shape):
+    """(names, pixels in [0, 255] of shape (N,) + image_shape) from a .npy file or a directory."""
+    import numpy as np
+
+    if path.endswith(".npy"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--sanity_batch: file not found: {path!r}.")
+        pixels = np.load(path).astype("float32")
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        if tuple(pixels.shape[1:]) != tuple(image_shape):
+            raise ValueError(
+                f"--sanity_batch: {path!r} holds images of shape {tuple(pixels.shape[1:])}, "
+                f"but the model takes {tuple(image_shape)}."
+            )
+        return [f"{os.path.basename(path)}[{i}]" for i in range(len(pixels))], pixels
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"--sanity_batch must be a .npy file or a directory of images, got {path!r}."
+        )
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(_IMAGE_EXTENSIONS))
+    if not names:
+        raise ValueError(
+            f"--sanity_batch: no images ({', '.join(_IMAGE_EXTENSIONS)}) in {path!r}."
+        )
+    pixels = np.stack([_load_image(os.path.join(path, n), image_shape[:2]) for n in names])
+    return names, pixels
+
+
+def top1(model, names, pixels, mode):
+    """[(name, class index, probability)] of the model's top-1 class on each image."""
+    import keras
+    import numpy as np
+
+    import keras_irevnet as kir
+
+    scores = model.predict(kir.preprocess_input(pixels, mode), verbose=0)
+    scores = keras.ops.convert_to_numpy(scores)
+    if model.classifier_activation in (None, "linear"):  # logits: softmax for a probability
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+    classes = scores.argmax(-1)
+    return [(n, int(c), float(scores[i, c])) for i, (n, c) in enumerate(zip(names, classes))]
+
+
+def convert(official_checkpoint, model, output, model_config=None, sanity_batch=None,
+            preprocessing=None, overwrite=False):
+    """Loads the authors' checkpoint into `model`, writes `output`, and prints the sanity top-1.
+
+    The file is written to a temporary name in the same directory and renamed at the end, so
+    a failure never leaves a partial `.weights.h5`. Returns the sanity predictions (or []).
+    """
+    import keras_irevnet as kir
+
+    # Every argument is checked before the (slow) model is built.
+    parse_model_arguments(model, model_config)
+    if not official_checkpoint or not os.path.isfile(official_checkpoint):
+        raise FileNotFoundError(f"--official_checkpoint: file not found: {official_checkpoint!r}.")
+    if not output or not output.endswith(".weights.h5"):
+        raise ValueError(f"--output must be a path ending in .weights.h5, got {output!r}.")
+    if os.path.exists(output) and not overwrite:
+        raise FileExistsError(
+            f"--output: {output!r} already exists; pass --overwrite to replace it."
+        )
+    if sanity_batch and model == "custom" and preprocessing is None:
+        preprocessing_mode(model, preprocessing)  # raises: custom models need --preprocessing
+
+    keras_model = build_model(model, model_config)
+    if sanity_batch and not keras_model.include_top:
+        raise ValueError(
+            "--sanity_batch needs a classifier: the model was built with include_top=False."
+        )
+    kir.load_official_weights(keras_model, official_checkpoint)
+
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    handle, staging = tempfile.mkstemp(
+        prefix=f".{os.path.basename(output)[:-len('.weights.h5')]}.partial-",
+        suffix=".weights.h5",
+        dir=directory,
+    )
+    os.close(handle)
+    try:
+        keras_model.save_weights(staging, overwrite=True)
+        os.replace(staging, output)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
+    print(f"Wrote {output} ({keras_model.count_params():,} parameters of {keras_model.name}).")
+
+    results = []
+    if sanity_batch:
+        mode = preprocessing_mode(model, preprocessing)
+        names, pixels = load_sanity_batch(sanity_batch, keras_model.image_shape)
+        results = top1(keras_model, names, pixels, mode)
+        cifar = model == "cifar" and keras_model.classes == len(CIFAR10_CLASSES)
+        print(f"Top-1 on the sanity batch ({len(names)} images, {mode} preprocessing):")
+        for name, index, probability in results:
+            label = f" ({CIFAR10_CLASSES[index]})" if cifar else ""
+            print(f"  {name}: class {index}{label}, p={probability:.3f}")
+    return results
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_string("official_checkpoint", None, "The authors' checkpoint (.pth.tar).")
+    define_model_flags()
+    flags.DEFINE_string("output", None, "The .weights.h5 file to write.")
+    flags.DEFINE_string(
+        "sanity_batch",
+        None,
+        "Optional: a directory of images or a .npy array (N, H, W, 3) of RGB pixels in "
+        "[0, 255]; prints the top-1 class of each.",
+    )
+    flags.DEFINE_enum(
+        "preprocessing",
+        None,
+        ["imagenet", "cifar"],
+        "Normalisation of the sanity batch; defaults to the model's (cifar for --model=cifar, "
+        "imagenet otherwise); required for --model=custom.",
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        convert(
+            FLAGS.official_checkpoint,
+            FLAGS.model,
+            FLAGS.output,
+            model_config=FLAGS.model_config,
+            sanity_batch=FLAGS.sanity_batch,
+            preprocessing=FLAGS.preprocessing,
+            overwrite=FLAGS.overwrite,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"convert: error: {error}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
