@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# CPU builds: torch 2.13.0 is the CPU wheel on this machine's disk; see the README for GPUs.
-	$(PY) -m pip install "torch==2.13.0" "tensorflow-cpu>=2.16" -e ".[jax,analysis,test]"
+	$(PY) -m pip install "torch==2.13.0" -e ".[jax,torch,analysis,test]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,0 +1,196 @@
+"""`make_dataset`: batched tf.data pipelines of (normalised images, labels) for `model.fit`.
+
+The same pipeline feeds all three Keras backends (Keras converts tf.data batches to JAX
+arrays or torch tensors). `batch_size` is the global batch: under a tf.distribute strategy
+or a keras.distribution, Keras splits each batch over the replicas, so it must divide by the
+number of replicas, and training batches are all full (drop_remainder) so that it always does.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from keras_irevnet.data import augment, digits, tfds_source
+from keras_irevnet.data.specs import DIGITS, dataset_spec
+
+# Images held in the shuffle buffer: a window over the (file-shuffled) tfds records.
+SHUFFLE_BUFFER = {"imagenet": 10_000, "cifar": 50_000, "digits": digits.NUM_TRAIN}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A pipeline and what the training program needs to know about it."""
+
+    dataset: tf.data.Dataset
+    num_examples: int
+    steps: int  # batches in one pass (full batches only for training)
+    classes: int
+    image_size: int
+
+
+def make_dataset(
+    name,
+    split,
+    batch_size,
+    *,
+    image_size=None,
+    training=None,
+    seed=None,
+    deterministic=None,
+    repeat=None,
+    num_replicas=1,
+    data_dir=None,
+    manual_dir=None,
+    prepare=True,
+):
+    """A batched, prefetched tf.data pipeline of one split of a dataset.
+
+    Args:
+        name: "digits" (scikit-learn's digits, offline), "cifar10", "cifar100" or
+            "imagenet2012" (tfds; built from the archives in `manual_dir`).
+        split: "train" or "validation" (the dataset's held-out split: "test" for CIFAR and
+            digits, "validation" for ImageNet), or any tfds split string.
+        batch_size: the global batch size (all replicas together).
+        image_size: side of the square output images; defaults to the dataset's own
+            (digits 16, CIFAR 32, ImageNet 224).
+        training: augment, shuffle, drop the last partial batch; defaults to
+            `split == "train"`.
+        seed: seeds shuffling and augmentation; None for fresh randomness each run.
+        deterministic: keep the element order fixed despite parallel map / interleave
+            (slightly slower). Defaults to True when a seed is given: a seeded pipeline then
+            yields the same batches on every run.
+        repeat: repeat forever (for `fit` with `steps_per_epoch`); defaults to `training`.
+        num_replicas: replicas the global batch is split over; `batch_size` must divide.
+        data_dir: tfds data directory (default ~/tensorflow_datasets).
+        manual_dir: where tfds finds hand-downloaded archives (ImageNet); default
+            <data_dir>/downloads/manual.
+        prepare: check that the dataset is prepared or preparable (ImageNet: the archives
+            are in the manual_dir) and run tfds' download_and_prepare when it is not prepared
+            yet. False reads what tfds has (or what `tfds.testing.mock_data` provides).
+
+    Returns:
+        A `Split`: `dataset` yields (float32 images (batch, size, size, 3), int64 labels).
+    """
+    spec = dataset_spec(name)
+    split = _resolve_split(spec, split)
+    training = split == spec.train_split if training is None else training
+    repeat = training if repeat is None else repeat
+    image_size = spec.default_image_size if image_size is None else int(image_size)
+    check_batch_size(batch_size, num_replicas)
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}.")
+    deterministic = seed is not None if deterministic is None else bool(deterministic)
+    _keep_tensorflow_off_gpus()
+    # One seed stream per role, so training and evaluation never share random numbers.
+    seeds = _seed_pairs(seed, 1 if training else 2)
+
+    if spec.name == DIGITS:
+        images, labels = digits.load_digits_split(split)
+        count = len(labels)
+        dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels))
+    else:
+        if prepare:
+            builder = tfds_source.check_prepared_or_preparable(
+                spec, [split], data_dir, manual_dir
+            )
+            tfds_source.prepare(builder, manual_dir)
+        else:
+            builder = tfds_source.get_builder(spec.name, data_dir)
+        dataset = tfds_source.read_split(
+            builder, split, encoded_images=spec.kind == "imagenet",
+            shuffle_files=training, seed=seed,
+        )
+        count = tfds_source.num_examples(builder, split, dataset)
+
+    if training:
+        dataset = dataset.shuffle(
+            min(SHUFFLE_BUFFER[spec.kind], count), seed=seed, reshuffle_each_iteration=True
+        )
+    # A seed pair per image for the stateless augmentations, fresh each epoch.
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+    transform = _transform(spec.kind, image_size, training)
+    dataset = dataset.map(
+        lambda example, pair: transform(example[0], example[1], pair),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    dataset = dataset.with_options(options)
+    steps = count // batch_size if training else -(-count // batch_size)
+    return Split(dataset, count, steps, spec.classes, image_size)
+
+
+def check_batch_size(batch_size, num_replicas):
+    """ValueError unless the global batch is a positive multiple of the replica count."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if batch_size % num_replicas:
+        raise ValueError(
+            f"batch_size {batch_size} is the global batch and must divide evenly over the "
+            f"{num_replicas} replicas; use a multiple of {num_replicas} "
+            f"(e.g. {num_replicas * max(1, round(batch_size / num_replicas))})."
+        )
+
+
+def _keep_tensorflow_off_gpus():
+    # On JAX / torch, TensorFlow only runs the input pipeline; left alone it would also
+    # reserve most of every GPU's memory for itself.
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already initialised its devices; nothing to change any more
+        pass
+
+
+def _resolve_split(spec, split):
+    if split == "validation":
+        return spec.eval_split
+    if spec.name == DIGITS and split not in ("train", "test"):
+        raise ValueError(f"digits has the splits 'train' and 'validation', got {split!r}.")
+    return split
+
+
+def _seed_pairs(seed, stream):
+    # Dataset.random re-randomises each epoch, so augmentations differ between epochs but
+    # are the same sequence on every run with the same seed.
+    seed = None if seed is None else int(seed) * 2 + stream
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def _transform(kind, size, training):
+    """(image, label, seed pair) -> (normalised float32 image, int64 label)."""
+
+    def imagenet(image, label, seed):
+        if training:
+            image = augment.imagenet_train(image, size, seed)
+        else:
+            image = augment.imagenet_eval(image, size)
+        return augment.normalize(image, "imagenet"), tf.cast(label, tf.int64)
+
+    def cifar(image, label, seed):
+        image = augment.small_image(image, size)
+        if training:
+            crop_seed, flip_seed = augment.split_seed(seed, 2)
+            # The reference pads 4 pixels at 32x32: keep that fraction of the side.
+            image = augment.padded_random_crop(image, max(1, round(size / 8)), crop_seed)
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        return augment.normalize(image, "cifar"), tf.cast(label, tf.int64)
+
+    def digit(image, label, seed):
+        image = augment.small_image(image, size)
+        if training:
+            # Shift by up to one original pixel; no flips, digits are not mirror-symmetric.
+            image = augment.padded_random_crop(image, max(1, round(size / 8)), seed)
+        image = (image - digits.MEAN) / digits.STD
+        # Grey -> RGB, so every model (made for 3-channel photos) accepts it.
+        return tf.tile(image, [1, 1, 3]), tf.cast(label, tf.int64)
+
+    return {"imagenet": imagenet, "cifar": cifar, "digits": digit}[kind]

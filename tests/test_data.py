@@ -1,0 +1,117 @@
+"""The tf.data pipelines: shapes, dtypes, ranges, seeded determinism, fit on every backend."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_irevnet import data
+from keras_irevnet.preprocessing import NORMALIZATION
+
+
+def _first_batch(split):
+    images, labels = next(split.dataset.as_numpy_iterator())
+    return images, labels
+
+
+def _bounds(mode):
+    mean, std = (np.asarray(v) for v in NORMALIZATION[mode])
+    return (-mean / std).min() - 1e-5, ((1 - mean) / std).max() + 1e-5
+
+
+@pytest.mark.parametrize(
+    "name, size, mode, classes",
+    [("imagenet2012", 32, "imagenet", 1000), ("cifar10", 32, "cifar", 10)],
+)
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_tfds_pipelines_on_mock_data(name, size, mode, classes, split):
+    with tfds.testing.mock_data(num_examples=12):
+        made = data.make_dataset(name, split, 4, image_size=size, seed=3, prepare=False)
+        images, labels = _first_batch(made)
+        again, again_labels = _first_batch(
+            data.make_dataset(name, split, 4, image_size=size, seed=3, prepare=False)
+        )
+        other, _ = _first_batch(
+            data.make_dataset(name, split, 4, image_size=size, seed=4, prepare=False)
+        )
+    assert made.num_examples == 12 and made.classes == classes
+    assert made.steps == 3  # 12 images in batches of 4 (full batches only when training)
+    assert images.shape == (4, size, size, 3) and images.dtype == np.float32
+    assert labels.shape == (4,) and labels.dtype == np.int64
+    assert labels.min() >= 0 and labels.max() < classes
+    low, high = _bounds(mode)
+    assert low <= images.min() and images.max() <= high
+    assert images.std() > 0.1  # real variation, not a constant image
+    np.testing.assert_array_equal(images, again)  # same seed: same batch
+    np.testing.assert_array_equal(labels, again_labels)
+    if split == "train":  # another seed: another order / augmentation
+        assert not np.array_equal(images, other)
+
+
+def test_imagenet_train_batches_are_full_and_repeat():
+    with tfds.testing.mock_data(num_examples=6):
+        made = data.make_dataset("imagenet2012", "train", 4, image_size=32, seed=0,
+                                 prepare=False)
+        batches = list(made.dataset.take(5).as_numpy_iterator())
+    # drop_remainder + repeat: every training batch is full, the pipeline never ends.
+    assert [b[0].shape[0] for b in batches] == [4] * 5
+
+
+def test_digits_split_is_fixed_and_upsampled():
+    train = data.make_dataset("digits", "train", 64, seed=0)
+    validation = data.make_dataset("digits", "validation", 64)
+    assert (train.num_examples, validation.num_examples) == (1437, 360)
+    assert (train.steps, validation.steps) == (22, 6)
+    images, labels = _first_batch(validation)
+    assert images.shape == (64, 16, 16, 3) and images.dtype == np.float32
+    # Grey digits copied to RGB; the validation split is neither shuffled nor augmented.
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])
+    second, second_labels = _first_batch(data.make_dataset("digits", "validation", 64))
+    np.testing.assert_array_equal(images, second)
+    np.testing.assert_array_equal(labels, second_labels)
+    from keras_irevnet.data.digits import load_digits_split
+
+    train_images, _ = load_digits_split("train")
+    test_images, _ = load_digits_split("test")
+    # The two splits are disjoint images of the 1797 (no image in both).
+    train_rows = {row.tobytes() for row in train_images.reshape(len(train_images), -1)}
+    assert not any(row.tobytes() in train_rows for row in test_images.reshape(360, -1))
+    assert data.make_dataset("digits", "train", 8, image_size=32).image_size == 32
+
+
+def test_unknown_dataset_and_bad_batch():
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'.*cifar10.*digits"):
+        data.make_dataset("mnist", "train", 8)
+    with pytest.raises(ValueError, match="global batch.*3 replicas"):
+        data.make_dataset("digits", "train", 8, num_replicas=3)
+
+
+def test_missing_imagenet_archive_names_file_and_place(tmp_path):
+    (tmp_path / "manual").mkdir()
+    with pytest.raises(FileNotFoundError) as error:
+        data.make_dataset("imagenet2012", "train", 8, data_dir=str(tmp_path / "tfds"),
+                          manual_dir=str(tmp_path / "manual"))
+    message = str(error.value)
+    assert "ILSVRC2012_img_train.tar" in message
+    assert str(tmp_path / "manual" / "ILSVRC2012_img_train.tar") in message
+    # Without a manual_dir: tfds' default place, under the data_dir.
+    with pytest.raises(FileNotFoundError, match="downloads/manual/ILSVRC2012_img_val.tar"):
+        data.make_dataset("imagenet2012", "validation", 8, data_dir=str(tmp_path / "tfds"))
+
+
+@pytest.mark.parametrize("name", ["imagenet2012", "cifar10", "digits"])
+def test_fit_from_pipelines_on_this_backend(name):
+    """model.fit / evaluate read the tf.data pipelines on TensorFlow, JAX and torch alike."""
+    from applications.training import presets
+
+    with tfds.testing.mock_data(num_examples=8):
+        train = data.make_dataset(name, "train", 4, image_size=16, seed=0, prepare=False)
+        validation = data.make_dataset(name, "validation", 4, image_size=16, prepare=False)
+        model = presets.build_model("tiny", 16, train.classes)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        history = model.fit(train.dataset, epochs=1, steps_per_epoch=2, verbose=0,
+                            shuffle=False)
+        results = model.evaluate(validation.dataset, steps=2, verbose=0, return_dict=True)
+    assert np.isfinite(history.history["loss"][0])
+    assert 0.0 <= results["accuracy"] <= 1.0
