@@ -16,8 +16,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+RUN_DIR := runs/irevnet_tiny_digits
+
+# Train on the offline digits data, invert (figures + JSON), export (SavedModel + ONNX).
 demo: setup
-	$(PY) -m applications.train
+	$(PY) -m applications.train  # no flags: the offline default, into $(RUN_DIR)
+	$(PY) -m applications.invert --model_path=$(RUN_DIR)/model.keras --output_dir=$(RUN_DIR)/inversion
+	rm -rf $(RUN_DIR)/saved_model $(RUN_DIR)/onnx
+	$(PY) -m applications.export --model_path=$(RUN_DIR)/model.keras \
+		--saved_model_dir=$(RUN_DIR)/saved_model --onnx_path=$(RUN_DIR)/onnx
 
 # One pytest process per backend; all three run, and the target fails if any failed.
 test: setup
