@@ -1,9 +1,12 @@
 """The invertible body of an i-RevNet: split into halves, the blocks, merge."""
 
 import keras
+from keras import ops
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_irevnet.layers.channels import merge_channels, split_channels, split_shape
 from keras_irevnet.layers.irevnet_block import IRevNetBlock, block_padding
+from keras_irevnet.reversible import reversible_blocks
 
 
 def _check_stage_config(blocks, strides, channels):
@@ -47,7 +50,13 @@ class BlockStack(keras.layers.Layer):
         blocks, strides, channels: one value per stage.
         dropout: dropout rate inside every block's F.
         mult: bottleneck factor of every block's F.
-        memory_efficient: recompute activations in the backward pass instead of storing them.
+        memory_efficient: in training mode, run the blocks with reversible backprop
+            (`keras_irevnet.reversible`): the backward pass reconstructs each block's input
+            from its output instead of storing activations, so activation memory stays flat
+            in depth at the cost of one more evaluation of each F. Gradients and state
+            updates are those of plain autodiff. Inference-mode calls are unaffected;
+            a training-mode call on a backend other than tensorflow, jax or torch raises
+            NotImplementedError.
     """
 
     def __init__(
@@ -56,11 +65,6 @@ class BlockStack(keras.layers.Layer):
         super().__init__(**kwargs)
         blocks, strides, channels = tuple(blocks), tuple(strides), tuple(channels)
         _check_stage_config(blocks, strides, channels)
-        if memory_efficient:
-            raise NotImplementedError(
-                "memory_efficient=True (reversible backprop) is not available yet; "
-                "use memory_efficient=False."
-            )
         self.stage_blocks = blocks
         self.stage_strides = strides
         self.stage_channels = channels
@@ -90,10 +94,22 @@ class BlockStack(keras.layers.Layer):
             shape = block.compute_output_shape(shape)
 
     def call(self, inputs, training=None):
+        if self.memory_efficient and training and not in_symbolic_scope():
+            return self._reversible_call(inputs, training)
         x = split_channels(inputs)
         for block in self.blocks:
             x = block(x, training=training)
         return merge_channels(*x)
+
+    def _reversible_call(self, inputs, training):
+        # Only in training mode: that is where backprop stores activations. Inference-mode
+        # calls (features(), analyses) take the plain path, which stores nothing unless it
+        # is differentiated and which also supports forward-mode autodiff (jax.jvp).
+        # Under a mixed policy the halves are carried in the variables' dtype (float32), so
+        # the backward pass reconstructs each block's input to float32 precision.
+        x = split_channels(ops.cast(inputs, self.variable_dtype))
+        x = reversible_blocks(self.blocks, x, training=training)
+        return ops.cast(merge_channels(*x), self.compute_dtype)
 
     def inverse(self, outputs):
         """Phi -> the stack's input, through each block's inverse in reverse order."""

@@ -63,8 +63,17 @@ class IRevNet(keras.Model):
         classes: number of classes of the head.
         classifier_activation: activation of the head's Dense layer ("softmax", None for
             logits, ...).
-        memory_efficient: train with reversible backprop, recomputing each block's input from
-            its output instead of storing activations.
+        memory_efficient: train with reversible backprop (default True): in training mode
+            the backward pass reconstructs each block's input from its output and
+            recomputes the block, instead of storing activations, so activation memory
+            stays flat in depth (see benchmarks/memory.py) for about one more forward pass
+            of compute. On by default because training is otherwise the same training:
+            gradients equal plain autodiff to float rounding (1e-5 relative in float32),
+            BatchNorm statistics are updated once, dropout masks are replayed, and
+            inference-mode calls (`features`, `inverse`, the analyses) take the plain path.
+            Set False for the fastest step when memory is not the limit, or for
+            higher-order gradients or forward-mode autodiff through a training-mode call
+            (the custom gradient does not support them on every backend).
         name: model name.
         dtype: dtype policy of every layer (e.g. "float64" or "mixed_float16"); defaults to
             the global policy.
@@ -88,7 +97,7 @@ class IRevNet(keras.Model):
         pooling=None,
         classes=1000,
         classifier_activation="softmax",
-        memory_efficient=False,
+        memory_efficient=True,
         name="irevnet",
         dtype=None,
         **kwargs,
@@ -168,7 +177,9 @@ class IRevNet(keras.Model):
                 activation=classifier_activation,
                 kernel_initializer=torch_kernel_initializer(),
                 bias_initializer=torch_bias_initializer(features),
-                dtype=policy,
+                # Class scores in the variables' dtype (float32 under mixed precision), as
+                # Keras' mixed-precision guide advises: softmax and top-k need the range.
+                dtype=(policy or keras.config.dtype_policy()).variable_dtype,
                 name="predictions",
             )(x)
         elif pooling == "avg":

@@ -1,0 +1,268 @@
+"""Peak memory and time of one training step vs depth, plain vs memory-efficient backprop.
+
+    python -m benchmarks.memory                                   # the issue's sizes
+    python -m benchmarks.memory --depths=6,18 --batch_size=32 --backends=jax
+
+The model is the CIFAR i-RevNet's width (channels 16, 64, 256; strides 1, 2, 2; dropout 0.1;
+32x32x3 input, 10 classes) with `depth` blocks split evenly over its three stages
+(54 blocks = IRevNetCIFAR). Every measurement runs in a fresh process, one backend each:
+
+- JAX: the exact figure. XLA's memory analysis of the compiled gradient of the loss
+  (`jax.jit(jax.value_and_grad(loss)).lower(...).compile().memory_analysis()`): its
+  temporary buffers are the activations kept for the backward pass plus scratch space.
+- TensorFlow and torch (CPU, no allocator statistics): the process's peak resident set
+  size after one training step (`model.train_on_batch`, batch `batch_size`) minus its peak
+  after warm-up steps with batches of 2 and 3. The warm-up has loaded the libraries, built
+  the model and its optimizer state and traced the step (TensorFlow traces once more for a
+  second batch size, then the graph is batch-generic), so the difference is what the full
+  batch adds: activations and their gradients (the peak RSS never goes down, so a step
+  that needs no more than the warm-up shows as 0).
+
+Time per step: the median of `--timed_steps` further steps after the measured one:
+`train_on_batch` on TensorFlow and torch (forward, backward, SGD update); on JAX the
+compiled gradient above (forward and backward, no optimizer update: compiling Keras' own
+train step as well would double the compile time of deep models). Writes memory.json, memory.md and memory.png to
+--output_dir.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("backends", ["tensorflow", "jax", "torch"], "Keras backends to measure.")
+flags.DEFINE_list("depths", ["6", "18", "54"], "Total blocks (a multiple of 3).")
+flags.DEFINE_integer("batch_size", 128, "Batch of the measured training step.")
+flags.DEFINE_integer("timed_steps", 2, "Steps timed after the measured one (median).")
+flags.DEFINE_list("modes", ["plain", "efficient"], "plain and/or efficient (reversible).")
+flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON, table and plot go.")
+flags.DEFINE_integer("timeout", 3600, "Seconds allowed to one measurement process.")
+flags.DEFINE_string("worker", None, "Internal: 'backend,depth,mode': measure, print JSON.")
+
+WARMUP_BATCHES = (2, 3)
+MIB = 2.0**20
+
+
+def _peak_rss_bytes():
+    import resource
+
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _model(depth, memory_efficient):
+    import keras
+
+    import keras_irevnet as kir
+    from keras_irevnet.models.applications import CIFAR_CONFIG
+
+    keras.utils.set_random_seed(0)
+    config = dict(CIFAR_CONFIG, blocks=(depth // 3,) * 3)
+    model = kir.IRevNet(
+        **config,
+        input_shape=(32, 32, 3),
+        classes=10,
+        classifier_activation=None,
+        memory_efficient=memory_efficient,
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _batch(size):
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    return rng.randn(size, 32, 32, 3).astype("float32"), rng.randint(0, 10, size)
+
+
+def _jax_step_bytes(model, x, y):
+    """XLA's memory analysis of the compiled loss gradient (what one training step keeps)."""
+    import jax
+    import keras
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def loss(trainable, non_trainable, x, y):
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, logits), non_trainable
+
+    compiled = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(
+        trainable, non_trainable, x, y
+    ).compile()
+    analysis = compiled.memory_analysis()
+    record = {
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+    }
+
+    def step():
+        (loss_value, _), _ = compiled(trainable, non_trainable, x, y)
+        return loss_value
+
+    return record, step
+
+
+def measure(backend, depth, mode):
+    """One measurement in this (fresh) process; the Keras backend is already `backend`."""
+    import keras
+
+    assert keras.backend.backend() == backend, (keras.backend.backend(), backend)
+    model = _model(depth, memory_efficient=mode == "efficient")
+    record = {"backend": backend, "depth": depth, "mode": mode, "batch_size": FLAGS.batch_size}
+    x, y = _batch(FLAGS.batch_size)
+    if backend == "jax":
+        analysis, step = _jax_step_bytes(model, x, y)
+        record.update(analysis)
+        record["activation_bytes"] = record["temp_bytes"]
+        record["method"] = "XLA memory_analysis().temp_size_in_bytes of the compiled gradient"
+        step()  # the first call runs the compiled executable once (allocations, caches)
+    else:
+        # Two warm-up batch sizes: TensorFlow traces its train step again for a new batch
+        # size, once; the second trace is batch-generic (reduce_retracing), so the measured
+        # step builds no graph and its peak holds the step's memory alone.
+        for size in WARMUP_BATCHES:
+            model.train_on_batch(*_batch(size))
+        warm = _peak_rss_bytes()
+        model.train_on_batch(x, y)
+        peak = _peak_rss_bytes()
+        record.update(warmup_peak_rss_bytes=warm, peak_rss_bytes=peak)
+        record["activation_bytes"] = peak - warm
+        record["method"] = (
+            f"peak RSS after a batch-{FLAGS.batch_size} step minus after warm-up steps "
+            "with batches 2 and 3"
+        )
+        def step():
+            return model.train_on_batch(x, y)
+
+    times = []
+    for _ in range(FLAGS.timed_steps):
+        start = time.perf_counter()
+        float(step())  # waits for the result (JAX dispatches asynchronously)
+        times.append(time.perf_counter() - start)
+    record["seconds_per_step"] = statistics.median(times)
+    return record
+
+
+def _run_worker(backend, depth, mode):
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [
+        sys.executable, "-m", "benchmarks.memory",
+        f"--worker={backend},{depth},{mode}",
+        f"--batch_size={FLAGS.batch_size}",
+        f"--timed_steps={FLAGS.timed_steps}",
+    ]
+    result = subprocess.run(
+        command, cwd=root, env=env, capture_output=True, text=True, timeout=FLAGS.timeout
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"measurement {backend} depth {depth} {mode} failed:\n{result.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def markdown(records):
+    by_key = {(r["backend"], r["depth"], r["mode"]): r for r in records}
+    lines = [
+        "| backend | blocks | batch | plain MiB | efficient MiB | ratio | plain s/step | "
+        "efficient s/step | time ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend in FLAGS.backends:
+        for depth in sorted({r["depth"] for r in records}):
+            plain = by_key.get((backend, depth, "plain"))
+            efficient = by_key.get((backend, depth, "efficient"))
+            if plain is None and efficient is None:
+                continue
+
+            def mib(r):
+                return f"{r['activation_bytes'] / MIB:.1f}" if r else "-"
+
+            def sec(r):
+                return f"{r['seconds_per_step']:.2f}" if r else "-"
+
+            ratio = time_ratio = "-"
+            if plain and efficient:
+                if plain["activation_bytes"] > 0:
+                    ratio = f"{efficient['activation_bytes'] / plain['activation_bytes']:.3f}"
+                time_ratio = f"{efficient['seconds_per_step'] / plain['seconds_per_step']:.2f}"
+            batch = (plain or efficient)["batch_size"]
+            lines.append(
+                f"| {backend} | {depth} | {batch} | {mib(plain)} | {mib(efficient)} | {ratio} | "
+                f"{sec(plain)} | {sec(efficient)} | {time_ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(records, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for backend in FLAGS.backends:
+        for mode, style in (("plain", "-o"), ("efficient", "--s")):
+            rows = sorted(
+                (r for r in records if r["backend"] == backend and r["mode"] == mode),
+                key=lambda r: r["depth"],
+            )
+            if rows:
+                ax.plot(
+                    [r["depth"] for r in rows],
+                    [r["activation_bytes"] / MIB for r in rows],
+                    style,
+                    label=f"{backend} {mode}",
+                )
+    ax.set_xlabel("blocks")
+    ax.set_ylabel("training-step memory above warm-up (MiB)")
+    ax.set_title(f"i-RevNet (CIFAR width), batch {records[0]['batch_size']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        backend, depth, mode = FLAGS.worker.split(",")
+        print("RESULT " + json.dumps(measure(backend, int(depth), mode)), flush=True)
+        return
+    depths = [int(d) for d in FLAGS.depths]
+    if any(d % 3 or d < 3 for d in depths):
+        raise app.UsageError(f"--depths must be positive multiples of 3, got {FLAGS.depths}.")
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    records = []
+    for backend in FLAGS.backends:
+        for depth in depths:
+            for mode in FLAGS.modes:
+                record = _run_worker(backend, depth, mode)
+                print(json.dumps(record), flush=True)
+                records.append(record)
+                # Rewrite after every measurement: a long run leaves usable partial results.
+                with open(os.path.join(FLAGS.output_dir, "memory.json"), "w") as f:
+                    json.dump(records, f, indent=1)
+    table = markdown(records)
+    with open(os.path.join(FLAGS.output_dir, "memory.md"), "w") as f:
+        f.write(table)
+    plot(records, os.path.join(FLAGS.output_dir, "memory.png"))
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)

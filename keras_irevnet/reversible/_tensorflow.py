@@ -1,0 +1,67 @@
+"""Reversible backprop on TensorFlow: `tf.custom_gradient` with a GradientTape per block."""
+
+import tensorflow as tf
+
+# The custom-gradient forward must not be recorded by an enclosing eager GradientTape, or that
+# tape would keep every activation alive (TensorFlow's own tf.recompute_grad does the same).
+from tensorflow.python.eager import record
+
+from keras_irevnet.reversible import _walk
+
+
+def _bottleneck_vjp(seed_variables, seed_values, training):
+    def bottleneck_vjp(block, a2):
+        with tf.GradientTape() as tape:
+            tape.watch(a2)
+            with _walk.replay_scope(seed_variables, seed_values):
+                fa2 = block.bottleneck(a2, training=training)
+        # The trainable tf.Variables F read (the tape watches those automatically): the same
+        # objects TensorFlow lists in the `variables` of the gradient function.
+        weights = list(tape.watched_variables())
+
+        def vjp(cotangent):
+            grads = tape.gradient(fa2, [a2] + weights, output_gradients=cotangent)
+            return grads[0], list(zip(weights, grads[1:]))
+
+        return fa2, vjp
+
+    return bottleneck_vjp
+
+
+def _barrier(tensors):
+    # In a graph, TensorFlow runs every op as soon as its inputs exist. The reconstructions
+    # depend only on the stack's output, so unchecked they would all run first and keep
+    # every block's activations alive at once (plain autodiff's memory). Each block's
+    # results are released only after all of them, weight gradients included, are computed.
+    flat = tf.nest.flatten(tensors)
+    with tf.control_dependencies(flat):
+        return tf.nest.map_structure(tf.identity, tensors)
+
+
+def reversible_blocks(blocks, inputs, training):
+    seed_variables = _walk.seed_states(blocks)
+
+    @tf.custom_gradient
+    def run(x1, x2):
+        # The seeds before the forward pass advances them: the recompute replays these.
+        seed_values = [tf.identity(v) for v in _walk.raw_values(seed_variables)]
+        with record.stop_recording():
+            outputs, checkpoints = _walk.forward(blocks, (x1, x2), training)
+        outputs = tuple(tf.identity(y) for y in outputs)
+
+        def grad(*output_grads, variables=None):
+            input_grads, weight_grads = _walk.backward(
+                blocks,
+                outputs,
+                output_grads,
+                _bottleneck_vjp(seed_variables, seed_values, training),
+                checkpoints,
+                barrier=_barrier,
+            )
+            # Variables read but not trained through F (moving statistics, seed states) get
+            # None, as TensorFlow's own gradients would give them.
+            return list(input_grads), [weight_grads.get(id(v)) for v in variables or ()]
+
+        return outputs, grad
+
+    return run(*inputs)

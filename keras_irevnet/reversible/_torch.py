@@ -1,0 +1,101 @@
+"""Reversible backprop on PyTorch: a `torch.autograd.Function` with `torch.autograd.grad`."""
+
+import contextlib
+
+import torch
+
+from keras_irevnet.reversible import _walk
+
+
+def _cuda_in_use():
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+class _Chain:
+    """What the autograd function needs besides tensors: blocks, mode, seeds, RNG states."""
+
+    def __init__(self, blocks, training, weights):
+        self.blocks = blocks
+        self.training = training
+        self.weights = weights
+        self.seed_variables = _walk.seed_states(blocks)
+        self.seed_values = None
+        self.rng_states = {}
+
+    def record_rng_state(self, block, x):
+        # Keras' torch dropout draws an unseeded layer's mask from torch's global generator
+        # (its fast path), not from the layer's seed state; so the recompute also needs the
+        # global RNG state each block started from (as torch.utils.checkpoint keeps it).
+        cuda = torch.cuda.get_rng_state() if _cuda_in_use() else None
+        self.rng_states[id(block)] = (torch.get_rng_state(), cuda)
+        return x
+
+    @contextlib.contextmanager
+    def replayed_rng(self, block):
+        cpu, cuda = self.rng_states[id(block)]
+        devices = [torch.cuda.current_device()] if cuda is not None else []
+        # fork_rng puts the global state back afterwards: the recompute consumes nothing.
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda)
+            yield
+
+    def bottleneck_vjp(self, block, a2):
+        # Runs inside backward(), where autograd is off by default: switch it on locally.
+        a2 = a2.detach().requires_grad_(True)
+        params = _walk.raw_values(block.trainable_variables)
+        with (
+            torch.enable_grad(),
+            self.replayed_rng(block),
+            _walk.replay_scope(self.seed_variables, self.seed_values),
+        ):
+            fa2 = block.bottleneck(a2, training=self.training)
+
+        def vjp(cotangent):
+            grads = torch.autograd.grad(fa2, [a2] + params, cotangent, allow_unused=True)
+            return grads[0], list(zip(block.trainable_variables, grads[1:]))
+
+        return fa2.detach(), vjp
+
+
+class _ReversibleBlocks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, chain, x1, x2, *weights):
+        # `weights` are the torch Parameters behind the Keras variables: autograd routes
+        # gradients to an autograd.Function's tensor arguments only, so they must be passed
+        # here (a Keras variable object would be silently ignored). Autograd is off in here.
+        chain.seed_values = [v.clone() for v in _walk.raw_values(chain.seed_variables)]
+        outputs, checkpoints = _walk.forward(
+            chain.blocks, (x1, x2), chain.training, before_block=chain.record_rng_state
+        )
+        ctx.chain = chain
+        ctx.checkpoint_indices = list(checkpoints)
+        ctx.save_for_backward(*outputs, *(t for i in checkpoints for t in checkpoints[i]))
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *output_grads):
+        if torch.is_grad_enabled():
+            # Autograd enables grad mode in backward only for create_graph=True; the
+            # gradients below are not themselves differentiable, so refuse rather than
+            # return wrong second derivatives.
+            raise RuntimeError(
+                "memory-efficient (reversible) backprop does not support higher-order "
+                "gradients (create_graph=True); build the model with memory_efficient=False."
+            )
+        chain = ctx.chain
+        outputs, stored = ctx.saved_tensors[:2], ctx.saved_tensors[2:]
+        checkpoints = {
+            i: (stored[2 * j], stored[2 * j + 1]) for j, i in enumerate(ctx.checkpoint_indices)
+        }
+        input_grads, weight_grads = _walk.backward(
+            chain.blocks, outputs, output_grads, chain.bottleneck_vjp, checkpoints
+        )
+        return (None, *input_grads, *(weight_grads.get(id(v)) for v in chain.weights))
+
+
+def reversible_blocks(blocks, inputs, training):
+    weights = _walk.unique_variables(v for b in blocks for v in b.trainable_variables)
+    chain = _Chain(blocks, training, weights)
+    return _ReversibleBlocks.apply(chain, *inputs, *_walk.raw_values(weights))

@@ -1,0 +1,127 @@
+"""The backend-neutral part of reversible backprop: the forward chain and the backward walk.
+
+Each backend module wraps `forward` in its custom-gradient mechanism and calls `backward`
+from its gradient function, supplying only `bottleneck_vjp`: F recomputed with the backend's
+autodiff (GradientTape, jax.vjp, torch.autograd.grad).
+"""
+
+import keras
+from keras.src.backend.common.variables import AutocastScope
+
+
+def checkpoint_indices(blocks):
+    """Blocks whose input the forward pass stores, because reconstructing it is not enough.
+
+    An injective block k pads its input with exact zeros. Its output half y1 = F(x2) + x1
+    keeps those zero channels wherever F's output is zero, which is the case at PyTorch's
+    (and Keras') initialisation: the first block's F sees only zero padding and has all its
+    ReLUs at 0. A reconstruction gives those channels rounding noise instead of zeros, and
+    the next block's training-mode BatchNorm and ReLU (at its kink, beta = 0) turn the noise
+    into different gradients: plain autodiff takes ReLU'(0) = 0 and leaves them dead, a
+    reconstruction picks up a random subgradient. So the input of block k + 2 (the output of
+    block k + 1, whose F reads y1) is stored, one activation pair per injective block,
+    independent of depth. Block k's own input half x2 is exact zeros by construction (see
+    `IRevNetBlock._project`).
+    """
+    return sorted(k + 2 for k, block in enumerate(blocks) if block.injective and k + 2 < len(blocks))
+
+
+def forward(blocks, inputs, training, before_block=None):
+    """(outputs, checkpoints): the chain's output pair and the stored inputs.
+
+    `checkpoints` maps a block index from `checkpoint_indices` to that block's input pair.
+    `before_block(block, x) -> x`, if given, runs before each block (to record per-block RNG
+    state, or to order the block's random numbers after its input).
+    """
+    stored = set(checkpoint_indices(blocks))
+    checkpoints = {}
+    x = inputs
+    for i, block in enumerate(blocks):
+        if i in stored:
+            checkpoints[i] = tuple(x)
+        if before_block is not None:
+            x = before_block(block, x)
+        x = block.coupling_forward(x, training=training)
+    return tuple(x), checkpoints
+
+
+def backward(blocks, outputs, output_grads, bottleneck_vjp, checkpoints, barrier=None):
+    """Walks `blocks` in reverse from their output and the gradients w.r.t. it.
+
+    Args:
+        blocks: the blocks `forward` ran.
+        outputs: the pair `forward` returned.
+        output_grads: the gradients of the loss w.r.t. that pair.
+        bottleneck_vjp: `(block, a2) -> (F(a2), vjp)`, see `IRevNetBlock.coupling_backward`.
+        checkpoints: the stored inputs `forward` returned; they replace the reconstruction.
+        barrier: optional `tensors -> tensors` applied to each block's results (input pair,
+            gradients, weight gradients) before the walk goes on; a compiler may not move
+            work across it (JAX: keeps XLA from running ahead or behind the walk).
+
+    Returns:
+        (input_grads, weight_grads): the gradient pair w.r.t. the chain's inputs and a dict
+        `id(variable) -> gradient` over the blocks' trainable variables that F used.
+    """
+    x, grads = outputs, output_grads
+    weight_grads = {}
+    for i in reversed(range(len(blocks))):
+        block = blocks[i]
+        x, grads, block_grads = block.coupling_backward(
+            x, grads, lambda a2, block=block: bottleneck_vjp(block, a2)
+        )
+        if i in checkpoints:
+            x = checkpoints[i]
+        if barrier is not None:
+            x, grads, values = barrier((tuple(x), tuple(grads), [g for _, g in block_grads]))
+            block_grads = [(v, g) for (v, _), g in zip(block_grads, values)]
+        for variable, grad in block_grads:
+            if grad is None:
+                continue
+            key = id(variable)
+            weight_grads[key] = grad if key not in weight_grads else weight_grads[key] + grad
+    return grads, weight_grads
+
+
+def unique_variables(variables):
+    """`variables` without repeats (a shared layer would list its weights twice)."""
+    seen, result = set(), []
+    for v in variables:
+        if id(v) not in seen:
+            seen.add(id(v))
+            result.append(v)
+    return result
+
+
+def seed_states(blocks):
+    """The dropout seed-state variables of `blocks` (non-trainable state that is not a weight).
+
+    Their values before the forward pass are all the recompute needs to replay the forward's
+    dropout masks: each dropout layer is called once per forward pass.
+    """
+    states = []
+    for block in blocks:
+        weights = {id(w) for w in block.weights}
+        states.extend(v for v in block.non_trainable_variables if id(v) not in weights)
+    return unique_variables(states)
+
+
+def raw_values(variables):
+    """The variables' current values in their own dtype.
+
+    Inside a layer's call under a mixed policy, `variable.value` is autocast to float16; the
+    reversible path needs the float32 values themselves (to differentiate them and to map
+    them in a StatelessScope without a lossy round trip).
+    """
+    with AutocastScope(None):
+        return [v.value for v in variables]
+
+
+def replay_scope(seed_variables, seed_values, extra_mapping=()):
+    """A StatelessScope for the recompute: dropout seeds rewound, state updates discarded.
+
+    BatchNorm in training mode assigns its moving statistics; inside this scope that
+    assignment is recorded in the scope and dropped, so they are updated once per step (by
+    the forward pass) and not a second time by the recompute.
+    """
+    mapping = list(zip(seed_variables, seed_values)) + list(extra_mapping)
+    return keras.StatelessScope(state_mapping=mapping)

@@ -1,0 +1,442 @@
+"""Reversible (memory-efficient) backprop: same gradients, same state, same training.
+
+The tests compare `memory_efficient=True` with plain autodiff (`memory_efficient=False`) on
+the same weights. The tiny model has all three kinds of block: stage 0 starts with an
+injective block (3 channels padded to 16) followed by a stride-1 block, stage 1 starts with a
+stride-2 block. Errors are relative, per tensor: ||me - plain|| <= tol * ||plain||.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_irevnet as kir
+from keras_irevnet.reversible import reversible_blocks
+from tests.helpers import relative_error, to_numpy
+
+BACKEND = keras.backend.backend()
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+BATCH, CLASSES = 4, 5
+
+
+def tiny_model(memory_efficient, dtype="float32", dropout=0.0, config="injective", **kwargs):
+    """Same seed, same weights, whatever `memory_efficient` is."""
+    keras.utils.set_random_seed(0)
+    stages = {
+        # injective block, stride-1 block | stride-2 block, stride-1 block
+        "injective": dict(blocks=(2, 2), strides=(1, 2), channels=(8, 32), init_ds=0),
+        # psi(2) first, then a stride-2 block and a stride-1 block (all bijective)
+        "bijective": dict(blocks=(1, 1), strides=(2, 1), channels=(24, 24), init_ds=2),
+    }[config]
+    return kir.IRevNet(
+        **stages,
+        input_shape=(8, 8, 3),
+        classes=CLASSES,
+        classifier_activation=None,
+        dropout=dropout,
+        memory_efficient=memory_efficient,
+        dtype=dtype,
+        **kwargs,
+    )
+
+
+def inputs(dtype="float32", batch=BATCH):
+    return np.random.RandomState(0).randn(batch, 8, 8, 3).astype(dtype)
+
+
+def cotangent(dtype="float32", batch=BATCH):
+    return np.random.RandomState(1).randn(batch, CLASSES).astype(dtype)
+
+
+def gradients(model, x):
+    """Gradients of sum(model(x, training=True) * r) w.r.t. [x] + trainable variables.
+
+    One training-mode call, so the model's BatchNorm moving statistics are updated once.
+    """
+    r = cotangent(x.dtype, len(x))
+    # Keras' torch dropout draws an unseeded layer's masks from torch's global generator:
+    # start both modes' steps from the same global state (TF and JAX use per-layer seeds).
+    keras.utils.set_random_seed(2)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(model(x, training=True), x.dtype)
+            loss = tf.reduce_sum(y * r)
+        grads = tape.gradient(loss, [x] + model.trainable_variables)
+    elif BACKEND == "jax":
+        import jax
+
+        def loss_fn(x, trainable, non_trainable):
+            y, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+            return (y.astype(x.dtype) * r).sum(), non_trainable
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+        if x.dtype != "float64":
+            # Compiled: much faster here than op-by-op. float64 stays eager: under jit,
+            # XLA's float64 results move by ~1e-6 relative between two compilations of the
+            # same plain model, which would hide a 1e-10 comparison.
+            grad_fn = jax.jit(grad_fn)
+        (_, non_trainable), (grad_x, grad_w) = grad_fn(x, trainable, non_trainable)
+        for variable, value in zip(model.non_trainable_variables, non_trainable):
+            variable.assign(value)
+        grads = [grad_x] + list(grad_w)
+    else:
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        y = model(x, training=True)
+        (y.to(x.dtype) * torch.tensor(r)).sum().backward()
+        grads = [x.grad] + [v.value.grad for v in model.trainable_variables]
+    assert all(g is not None for g in grads), "a weight got no gradient"
+    return [to_numpy(g) for g in grads]
+
+
+def _torch_rng_state():
+    if BACKEND != "torch":
+        return np.zeros(0)
+    import torch
+
+    return torch.get_rng_state().numpy()
+
+
+def assert_all_close(got, expected, tol, names):
+    assert len(got) == len(expected)
+    for name, a, b in zip(names, got, expected):
+        a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+        error = np.linalg.norm(a - b)
+        assert error <= tol * np.linalg.norm(b), (
+            f"{name}: relative error {error / max(np.linalg.norm(b), 1e-300):.3g} > {tol:g}"
+        )
+
+
+def weight_names(model):
+    return ["input"] + [v.path for v in model.trainable_variables]
+
+
+# --- Exactness of gradients and state ---
+
+
+@pytest.mark.parametrize(
+    "config, dtype",
+    [("injective", "float32"), ("injective", "float64"), ("bijective", "float32")],
+)
+def test_gradients_and_moving_statistics_match_plain_autodiff(config, dtype, float64_enabled):
+    # The injective config has all three kinds of block; the bijective one adds psi(2) and a
+    # stride-2 first block. dropout > 0: the recompute must replay the forward's masks, or
+    # the gradients differ at the 1e-1 level. BatchNorm in training mode: the moving
+    # statistics after the step must equal the plain step's, i.e. be updated once (a second
+    # update by the recompute, momentum 0.9, would leave 0.81 of the old value, not 0.9).
+    plain = tiny_model(False, dtype, dropout=0.2, config=config)
+    efficient = tiny_model(True, dtype, dropout=0.2, config=config)
+    x = inputs(dtype)
+    expected = gradients(plain, x)
+    plain_rng = _torch_rng_state()
+    got = gradients(efficient, x)
+    # On torch the recompute replays the global generator and restores it: the step
+    # consumes exactly the random numbers of the plain step.
+    assert np.array_equal(_torch_rng_state(), plain_rng)
+    assert_all_close(got, expected, TOLERANCE[dtype], weight_names(plain))
+    # (A weight that the backend's custom gradient does not reach, the torch trap of Keras
+    # variables passed to an autograd function, gets None, which `gradients` rejects. At
+    # this initialisation the injective first block's F is dead in both modes, its input
+    # being all zero padding and its ReLUs at beta = 0: exactly zero gradients, compared
+    # exactly.)
+    assert_all_close(
+        [to_numpy(v) for v in efficient.non_trainable_weights],
+        [to_numpy(v) for v in plain.non_trainable_weights],
+        TOLERANCE[dtype],
+        [v.path for v in plain.non_trainable_weights],
+    )
+    # The replay rewinds the dropout seeds for the recompute only: after the step, the
+    # random state has advanced exactly as in the plain step (the next step draws new masks).
+    assert_all_close(
+        [to_numpy(v) for v in efficient.non_trainable_variables],
+        [to_numpy(v) for v in plain.non_trainable_variables],
+        TOLERANCE[dtype],
+        [v.path for v in plain.non_trainable_variables],
+    )
+    initial = tiny_model(False, dtype, dropout=0.2, config=config)
+    seeds = [v for v in plain.non_trainable_variables if "seed" in v.path]
+    initial_seeds = [v for v in initial.non_trainable_variables if "seed" in v.path]
+    if BACKEND != "torch":  # torch draws unseeded masks from its global generator instead
+        assert seeds and all(
+            not np.array_equal(to_numpy(a), to_numpy(b)) for a, b in zip(seeds, initial_seeds)
+        )
+    moved = [
+        v.path
+        for v, w in zip(plain.non_trainable_weights, initial.non_trainable_weights)
+        if not np.array_equal(to_numpy(v), to_numpy(w))
+    ]
+    # (Every moving variance moves; a moving mean of the dead first block stays at 0.)
+    variances = [v.path for v in plain.non_trainable_weights if "variance" in v.path]
+    assert set(variances) <= set(moved), "moving statistics did not move"
+
+
+# --- Training: fit, regularisers, weight decay, compilation ---
+
+
+def _fit(memory_efficient, jit_compile, steps=3):
+    # XLA uses the smaller bijective model: its compile time dominates there.
+    config = "bijective" if jit_compile is True else "injective"
+    model = tiny_model(memory_efficient, dropout=0.1, config=config)
+    # An L2 regulariser on every convolution kernel (a loss term computed from the weights)
+    # and decoupled weight decay in the optimizer: both must act identically.
+    for v in model.trainable_variables:
+        if v.path.endswith("kernel") and "block_stack" in v.path:
+            v.regularizer = keras.regularizers.L2(5e-4)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
+    x = inputs(batch=BATCH * steps)
+    y = np.arange(len(x)) % CLASSES
+    keras.utils.set_random_seed(1)  # torch's unseeded dropout draws from the global RNG
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    return model, history.history["loss"][0]
+
+
+def test_fit_agrees_with_plain_training():
+    # Keras' default compilation: tf.function on TensorFlow, jax.jit on JAX (the JAX
+    # trainer maps every Keras variable to a traced value, so the custom_vjp must take the
+    # weights as inputs), eager on torch.
+    _check_fit("auto")
+
+
+def test_fit_with_xla_on_tensorflow():
+    if BACKEND != "tensorflow":
+        pytest.skip("jit_compile=True is XLA on TensorFlow; JAX's fit is jitted above already")
+    _check_fit(True)
+
+
+def _check_fit(jit_compile):
+    plain, plain_loss = _fit(False, jit_compile)
+    efficient, efficient_loss = _fit(True, jit_compile)
+    assert abs(efficient_loss - plain_loss) <= 1e-4 * abs(plain_loss)
+    # Every weight, the moving statistics too, after 3 SGD steps from the same weights.
+    assert_all_close(
+        [to_numpy(v) for v in efficient.weights],
+        [to_numpy(v) for v in plain.weights],
+        1e-4,
+        [v.path for v in plain.weights],
+    )
+    initial = tiny_model(False, config="bijective" if jit_compile is True else "injective")
+    assert not np.allclose(to_numpy(plain.weights[-1]), to_numpy(initial.weights[-1]))
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from tests.test_reversible import BATCH, CLASSES, inputs, tiny_model
+
+    def fit(memory_efficient):
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            model = tiny_model(memory_efficient, dropout=0.1)
+            model.compile(
+                optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        x = inputs(batch=2 * BATCH * 2)
+        y = np.arange(len(x)) % CLASSES
+        model.fit(x, y, batch_size=2 * BATCH, epochs=1, shuffle=False, verbose=0)
+        return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in model.weights]
+
+    plain, efficient = fit(False), fit(True)
+    worst = max(
+        np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30) for a, b in zip(efficient, plain)
+    )
+    moved = max(
+        np.linalg.norm(a - b.numpy()) for a, b in zip(plain, tiny_model(False).weights)
+    )
+    print("WORST", worst, "MOVED", moved)
+    assert worst < 1e-4 and moved > 0, worst
+    """
+)
+
+
+def test_mirrored_strategy_on_two_cpu_devices():
+    if BACKEND != "tensorflow":
+        pytest.skip("tf.distribute.MirroredStrategy is TensorFlow's")
+    # A fresh process: logical devices must be configured before TensorFlow starts.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT],
+        cwd=root,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "WORST" in result.stdout
+
+
+# --- Mixed precision ---
+
+# Mixed precision. F runs in float16 / bfloat16, unit roundoff u = 2^-11 ~ 4.9e-4 / 2^-8 ~
+# 3.9e-3, so plain mixed-precision autodiff is itself far from the float32 gradients: worst
+# tensor on this model 4.3e-2 (float16) and 0.27 (bfloat16) on TensorFlow, 0.24 (bfloat16)
+# on JAX. The two modes differ only in where values are rounded to 16 bits: the reversible
+# path keeps the halves (and so the reconstruction) in float32 and rounds only F's input and
+# output; plain autodiff rounds the halves too. So the reversible gradients must be no
+# further from the float32 gradients than plain mixed precision is, plus a few u for the
+# different rounding: measured 4.3e-2 vs 4.3e-2 (float16, TF), 0.27 vs 0.27 (bfloat16, TF),
+# 0.21 vs 0.24 (bfloat16, JAX). (Reversible vs plain mixed, printed: 2.0e-4 = 0.4u for
+# float16 on TF; 0.12 for bfloat16 on JAX, where plain mixed precision is the noisier.)
+UNIT_ROUNDOFF = {"mixed_float16": 2.0**-11, "mixed_bfloat16": 2.0**-8}
+
+
+@pytest.mark.parametrize("policy", sorted(UNIT_ROUNDOFF))
+def test_mixed_precision_gradients(policy):
+    x = inputs()
+    exact = gradients(tiny_model(False, "float32"), x)
+    plain = gradients(tiny_model(False, policy), x)
+    efficient = gradients(tiny_model(True, policy), x)
+    used = [i for i, e in enumerate(exact) if np.linalg.norm(e) > 0]
+    worst = lambda a, b: max(relative_error(a[i], b[i]) for i in used)  # noqa: E731
+    vs_plain, vs_exact, plain_vs_exact = (
+        worst(efficient, plain), worst(efficient, exact), worst(plain, exact)
+    )
+    u = UNIT_ROUNDOFF[policy]
+    print(f"{policy}: reversible vs plain {vs_plain:.3g} ({vs_plain / u:.2f} u); vs float32: "
+          f"reversible {vs_exact:.3g}, plain {plain_vs_exact:.3g}")
+    assert vs_exact <= plain_vs_exact + 4 * u
+
+
+def test_mixed_precision_carries_halves_in_float32():
+    model = tiny_model(True, "mixed_float16")
+    block = model.get_layer("block_stack").blocks[1]
+    x = keras.ops.convert_to_tensor(np.random.RandomState(0).randn(2, 8, 8, 8), "float32")
+    halves = block.coupling_forward((x, x), training=True)
+    assert [keras.backend.standardize_dtype(h.dtype) for h in halves] == ["float32"] * 2
+    # The stack still returns its compute dtype, as the plain path does.
+    phi = model.get_layer("block_stack")(keras.ops.convert_to_tensor(inputs()), training=True)
+    assert keras.backend.standardize_dtype(phi.dtype) == "float16"
+
+
+# --- Inference mode, memory, API ---
+
+
+def test_inference_mode_takes_the_plain_path():
+    # features() in inference mode must stay usable by forward-mode autodiff (analyses).
+    model = tiny_model(True)
+    z = model.features(inputs())
+    np.testing.assert_allclose(
+        to_numpy(z), to_numpy(tiny_model(False).features(inputs())), rtol=0, atol=0
+    )
+    from keras_irevnet.analysis.autodiff import jvp
+
+    _, jz = jvp(lambda x: model.features(x), inputs(), np.ones_like(inputs()))
+    assert np.isfinite(to_numpy(jz)).all()
+
+
+def test_jax_compiled_step_memory_is_flat_in_depth():
+    if BACKEND != "jax":
+        pytest.skip("XLA's memory analysis of a compiled step is JAX's")
+    import jax
+
+    def temp_bytes(memory_efficient, blocks):
+        keras.utils.set_random_seed(0)
+        model = kir.IRevNet(
+            blocks=(blocks,), strides=(1,), channels=(16,), init_ds=2, input_shape=(16, 16, 3),
+            include_top=False, memory_efficient=memory_efficient,
+        )
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss(trainable, x):
+            y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            return (y * y).sum()
+
+        x = jax.numpy.ones((16, 16, 16, 3))
+        compiled = jax.jit(jax.grad(loss)).lower(trainable, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    shallow, deep, plain_deep = temp_bytes(True, 4), temp_bytes(True, 16), temp_bytes(False, 16)
+    # Measured: 951,376 bytes for 8 and 16 blocks alike; plain autodiff, 16 blocks: 3.4 MB.
+    assert deep <= 1.05 * shallow, (shallow, deep)
+    assert deep < plain_deep / 3, (deep, plain_deep)
+
+
+def test_torch_saves_only_the_output_for_backward():
+    if BACKEND != "torch":
+        pytest.skip("torch.autograd.graph.saved_tensors_hooks is torch's")
+    import torch
+
+    def saved_bytes(memory_efficient):
+        keras.utils.set_random_seed(0)
+        model = kir.IRevNet(
+            blocks=(8,), strides=(1,), channels=(16,), init_ds=2, input_shape=(16, 16, 3),
+            include_top=False, memory_efficient=memory_efficient,
+        )
+        model(inputs()[:1].repeat(2, 0).repeat(2, 1).repeat(2, 2))  # build
+        total = []
+
+        def pack(t):
+            if not isinstance(t, torch.nn.Parameter):
+                total.append(t.numel() * t.element_size())
+            return t
+
+        x = torch.ones((16, 16, 16, 3))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = model(x, training=True)
+        (y * y).sum().backward()
+        return sum(total)
+
+    plain, efficient = saved_bytes(False), saved_bytes(True)
+    # The stack's output pair plus one stored pair (after the injective first block), in
+    # float32: 16 x 8 x 8 x (16 + 16) x 4 bytes each. Plain autodiff: 11x that at 8 blocks.
+    output = 16 * 8 * 8 * 32 * 4
+    assert efficient <= 2 * output, (efficient, output)
+    assert plain > 8 * efficient, (efficient, plain)
+
+
+def test_memory_efficient_is_the_default():
+    import inspect
+
+    for constructor in (kir.IRevNet, kir.IRevNetCIFAR, kir.IRevNetBijective, kir.IRevNetInjective):
+        default = inspect.signature(constructor).parameters["memory_efficient"].default
+        assert default is True, constructor.__name__
+
+
+def test_config_round_trip_keeps_memory_efficient():
+    model = tiny_model(True)
+    clone = kir.IRevNet.from_config(model.get_config())
+    assert clone.memory_efficient and clone.get_layer("block_stack").memory_efficient
+    stack = model.get_layer("block_stack")
+    assert kir.BlockStack.from_config(stack.get_config()).memory_efficient
+    block = stack.blocks[0]
+    assert type(block).from_config(block.get_config()).get_config() == block.get_config()
+
+
+def test_block_inverse_unchanged_for_inference():
+    model = tiny_model(True)
+    z = model.features(inputs())
+    assert relative_error(model.inverse(z), inputs()) < 1e-5
+
+
+def test_errors_are_clear():
+    from keras_irevnet.layers.irevnet_block import IRevNetBlock
+
+    block = IRevNetBlock(8)
+    x = keras.ops.zeros((1, 4, 4, 8))
+    with pytest.raises(ValueError, match="must be built"):
+        reversible_blocks([block], (x, x))
+    block((x, x))
+    block.bottleneck.conv1.activity_regularizer = keras.regularizers.L2(1e-3)
+    with pytest.raises(ValueError, match="activity regulariser"):
+        reversible_blocks([block], (x, x))
