@@ -155,3 +155,21 @@ def test_layers_work_symbolically_in_a_functional_model():
     x = preprocessed_photos(32, 2)
     eager = InjectivePadding(2)(merge_channels(*block((split_channels(psi(x))))))
     np.testing.assert_allclose(to_numpy(model(x)), to_numpy(eager), rtol=1e-6, atol=1e-6)
+
+
+def test_batch_normalization_keeps_float64(float64_enabled):
+    # Keras' own layer computes float64 BatchNorm in float32 on JAX and torch (3.15).
+    from keras_irevnet.layers import BatchNormalization
+
+    x = preprocessed_photos(16, 2, "float64")
+    for training in (False, True):
+        layer = BatchNormalization(epsilon=1e-5, dtype="float64")
+        step = 1e-12 * np.abs(x).max()
+        y1, y2 = to_numpy(layer(x, training=training)), to_numpy(layer(x + step, training=training))
+        if not training:  # a shift moves inference-mode outputs by step / sqrt(1 + eps)
+            np.testing.assert_allclose(y2 - y1, step / np.sqrt(1 + 1e-5), rtol=1e-3)
+        assert str(y1.dtype) == "float64"
+    x32 = x.astype("float32")
+    keras_layer = keras.layers.BatchNormalization(epsilon=1e-5)
+    ours = BatchNormalization(epsilon=1e-5)
+    np.testing.assert_array_equal(to_numpy(ours(x32, training=True)), to_numpy(keras_layer(x32, training=True)))

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_irevnet.layers.batch_normalization import BatchNormalization
 from keras_irevnet.layers.initializers import torch_kernel_initializer
 
 # The reference's BatchNorm: PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
@@ -53,7 +54,7 @@ class Bottleneck(keras.layers.Layer):
             )
 
         def batch_norm():
-            return keras.layers.BatchNormalization(
+            return BatchNormalization(
                 momentum=BLOCK_BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype_policy
             )
 

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_irevnet.layers.initializers import torch_bias_initializer, torch_kernel_initializer
+from keras_irevnet.layers.batch_normalization import BatchNormalization
 from keras_irevnet.layers.bottleneck import BN_EPSILON
 from keras_irevnet.layers.invertible_downsampling import InvertibleDownsampling
 from keras_irevnet.models.block_stack import BlockStack, _check_stage_config, check_stage_widths
@@ -167,7 +168,7 @@ class IRevNet(keras.Model):
         phi = block_stack(x)
         if include_top:
             features = phi.shape[-1]
-            x = keras.layers.BatchNormalization(
+            x = BatchNormalization(
                 momentum=HEAD_BN_MOMENTUM, epsilon=BN_EPSILON, dtype=policy, name="head_norm"
             )(phi)
             x = keras.layers.Activation("relu", dtype=policy, name="head_relu")(x)
