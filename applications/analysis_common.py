@@ -1,0 +1,102 @@
+"""What `invert` and `analyze` share: loading a trained model and arrays of real images.
+
+No absl flags here (the programs define their own), so both programs and the tests can import
+this module freely.
+"""
+
+import json
+import os
+
+import numpy as np
+
+DEFAULT_MODEL_PATH = os.path.join("runs", "irevnet_tiny_digits", "model.keras")
+
+
+def load_model(model_path):
+    """The i-RevNet saved by the training program (a `.keras` file), ready for inference."""
+    if not model_path or not model_path.endswith(".keras"):
+        raise ValueError(
+            f"--model_path must be a .keras file written by applications.train, got "
+            f"{model_path!r}."
+        )
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(
+            f"--model_path {model_path} does not exist; train a model first "
+            "(python -m applications.train writes runs/irevnet_tiny_digits/model.keras)."
+        )
+    import keras
+
+    import keras_irevnet  # noqa: F401  (registers the i-RevNet layers for deserialisation)
+
+    model = keras.saving.load_model(model_path, compile=False)
+    for name in ("features", "inverse", "image_shape", "block_stack"):
+        if not hasattr(model, name):
+            raise ValueError(
+                f"{model_path} holds a {type(model).__name__}, not an i-RevNet (it has no "
+                f"`{name}`); the analyses need keras_irevnet.IRevNet models."
+            )
+    return model
+
+
+def load_arrays(dataset, split, count, model, data_dir=None, batch_size=64):
+    """Up to `count` (image, label) pairs of one split, preprocessed as for training.
+
+    Uses the training program's own pipelines (`keras_irevnet.data.make_dataset`) in
+    evaluation mode (no augmentation, no shuffling, fixed order), at the model's image size.
+
+    Returns:
+        (images float32 (N, H, W, C), labels int64 (N,)), N = min(count, split size).
+    """
+    from keras_irevnet import data
+
+    height, width, channels = model.image_shape
+    if height != width:
+        raise ValueError(
+            f"the model takes {height}x{width} images, but the data pipelines make square "
+            "images; analyse it with arrays through keras_irevnet.analysis instead."
+        )
+    pipeline = data.make_dataset(
+        dataset, split, batch_size, image_size=height, training=False, repeat=False,
+        seed=0, data_dir=data_dir,
+    )
+    images, labels, held = [], [], 0
+    for x, y in pipeline.dataset:
+        images.append(np.asarray(x))
+        labels.append(np.asarray(y))
+        held += len(labels[-1])
+        if held >= count:
+            break
+    if not images:
+        raise ValueError(f"the {split} split of {dataset} is empty.")
+    images = np.concatenate(images)[:count].astype("float32")
+    labels = np.concatenate(labels)[:count].astype("int64")
+    if images.shape[1:] != tuple(model.image_shape):
+        raise ValueError(
+            f"{dataset} gives images of shape {images.shape[1:]}, the model takes "
+            f"{tuple(model.image_shape)}."
+        )
+    return images, labels
+
+
+def uniform_noise(like, count, seed=0):
+    """Uniform noise images over the value range of `like` (the paper inverts noise too)."""
+    rng = np.random.default_rng(seed)
+    low, high = float(np.min(like)), float(np.max(like))
+    return rng.uniform(low, high, (count,) + like.shape[1:]).astype("float32")
+
+
+def write_json(path, payload):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def default_output_dir(model_path, name):
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), name)
+
+
+def check_positive(args, *names):
+    for name in names:
+        if args[name] is None or args[name] < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {args[name]!r}.")
