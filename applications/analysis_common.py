@@ -1,7 +1,7 @@
 """What `invert` and `analyze` share: loading a trained model and arrays of real images.
 
-No absl flags here (the programs define their own), so both programs and the tests can import
-this module freely.
+Importing it defines no absl flags (`define_shared_flags` does, when a program calls it), so
+both programs and the tests can import this module freely.
 """
 
 import json
@@ -10,6 +10,32 @@ import os
 import numpy as np
 
 DEFAULT_MODEL_PATH = os.path.join("runs", "irevnet_tiny_digits", "model.keras")
+
+
+def define_shared_flags(output_subdir):
+    """Defines the flags invert and analyze share: model, data, output and figure sizes.
+
+    Called by each program under `__main__` only, so importing the programs (as the tests do)
+    defines no flags.
+    """
+    from absl import flags
+
+    flags.DEFINE_string("model_path", DEFAULT_MODEL_PATH, "A .keras file from applications.train.")
+    flags.DEFINE_string(
+        "dataset", "digits",
+        "digits (scikit-learn, offline), cifar10, cifar100 or imagenet2012 (tfds): the "
+        "dataset the model was trained on.",
+    )
+    flags.DEFINE_string("data_dir", None, "tfds data directory (default ~/tensorflow_datasets).")
+    flags.DEFINE_string(
+        "output_dir", None,
+        f"Where the figures and JSON go (default: <model dir>/{output_subdir}).",
+    )
+    flags.DEFINE_integer("num_images", 8, "Images shown in reconstructions.png.")
+    flags.DEFINE_integer("num_pairs", 4, "Image pairs interpolated in interpolations.png.")
+    flags.DEFINE_integer("steps", 8, "Points on each interpolation line, ends included.")
+    flags.DEFINE_integer("batch_size", 64, "Images per forward / inverse pass.")
+    flags.DEFINE_integer("verbose", 1, "1: progress bars; 0: silent.")
 
 
 def load_model(model_path):

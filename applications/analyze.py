@@ -28,19 +28,11 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The program's flags; returns their names."""
-    from applications.analysis_common import DEFAULT_MODEL_PATH
+    from applications import analysis_common
 
     before = set(FLAGS)
-    flags.DEFINE_string("model_path", DEFAULT_MODEL_PATH, "A .keras file from applications.train.")
-    flags.DEFINE_string(
-        "dataset", "digits",
-        "digits (scikit-learn, offline), cifar10, cifar100 or imagenet2012 (tfds): the "
-        "dataset the model was trained on.",
-    )
-    flags.DEFINE_string("data_dir", None, "tfds data directory (default ~/tensorflow_datasets).")
-    flags.DEFINE_string(
-        "output_dir", None, "Where the figures and JSON go (default: <model dir>/analysis)."
-    )
+    analysis_common.define_shared_flags("analysis")
+    flags.adopt_module_key_flags(analysis_common)  # so --helpshort lists them too
     flags.DEFINE_integer(
         "num_train", 2000,
         "Training images the classifiers (and PCA) are fitted on (at most the split's size).",
@@ -62,11 +54,6 @@ def define_flags():
         "pca_dims", [], "Numbers of principal components to try (default 1, 2, 4, ... and all)."
     )
     flags.DEFINE_float("svm_c", 1.0, "Regularisation parameter C of the linear SVM.")
-    flags.DEFINE_integer("num_images", 8, "Images shown in reconstructions.png.")
-    flags.DEFINE_integer("num_pairs", 4, "Image pairs interpolated in interpolations.png.")
-    flags.DEFINE_integer("steps", 8, "Points on each interpolation line, ends included.")
-    flags.DEFINE_integer("batch_size", 64, "Images per forward / inverse pass.")
-    flags.DEFINE_integer("verbose", 1, "1: progress bars; 0: silent.")
     return tuple(sorted(set(FLAGS) - before))
 
 

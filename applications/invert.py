@@ -22,27 +22,14 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The program's flags; returns their names."""
-    from applications.analysis_common import DEFAULT_MODEL_PATH
+    from applications import analysis_common
 
     before = set(FLAGS)
-    flags.DEFINE_string("model_path", DEFAULT_MODEL_PATH, "A .keras file from applications.train.")
-    flags.DEFINE_string(
-        "dataset", "digits",
-        "digits (scikit-learn, offline), cifar10, cifar100 or imagenet2012 (tfds): the "
-        "dataset the model was trained on.",
-    )
-    flags.DEFINE_string("data_dir", None, "tfds data directory (default ~/tensorflow_datasets).")
-    flags.DEFINE_string(
-        "output_dir", None, "Where the figures and JSON go (default: <model dir>/inversion)."
-    )
+    analysis_common.define_shared_flags("inversion")
+    flags.adopt_module_key_flags(analysis_common)  # so --helpshort lists them too
     flags.DEFINE_integer(
         "num_eval", 256, "Validation images the reconstruction error is measured on."
     )
-    flags.DEFINE_integer("num_images", 8, "Images shown in reconstructions.png.")
-    flags.DEFINE_integer("num_pairs", 4, "Image pairs interpolated in interpolations.png.")
-    flags.DEFINE_integer("steps", 8, "Points on each interpolation line, ends included.")
-    flags.DEFINE_integer("batch_size", 64, "Images per forward / inverse pass.")
-    flags.DEFINE_integer("verbose", 1, "1: progress bars; 0: silent.")
     return tuple(sorted(set(FLAGS) - before))
 
 
