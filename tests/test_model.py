@@ -256,3 +256,24 @@ def test_injective_model_inverts_after_batchnorm_learns_the_zero_channels():
     first = model.block_stack.blocks[0].bottleneck
     assert float(to_numpy(first.norm1.moving_variance).max()) < 1e-12  # F sees only zeros
     assert relative_error(model.inverse(model.features(x)), x) <= 1e-5
+
+
+def test_inverse_model_predict_inverts_and_shares_weights():
+    keras.utils.set_random_seed(1)
+    model = tiny()
+    x = preprocessed_photos(32, 4)
+    settle_batchnorm(model, x)
+    z = to_numpy(model.features(x))
+    inverse = model.inverse_model()
+    assert isinstance(inverse, kir.models.InverseModel)
+    assert not inverse.weights or all(
+        any(w is v for v in model.weights) for w in inverse.weights
+    )
+    x_back = inverse.predict(z, batch_size=3, verbose=0)  # two batches, the last one short
+    assert x_back.shape == x.shape
+    assert relative_error(x_back, x) <= 1e-5
+    np.testing.assert_allclose(x_back, to_numpy(model.inverse(z)), rtol=1e-5, atol=1e-5)
+    # Same weights, not a copy: a change to the model shows in the inverse model.
+    model.set_weights([w * 1.5 for w in model.get_weights()])
+    z = to_numpy(model.features(x))
+    assert relative_error(inverse.predict(z, verbose=0), x) <= 1e-5

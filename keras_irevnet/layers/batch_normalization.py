@@ -6,17 +6,28 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
 class BatchNormalization(keras.layers.BatchNormalization):
-    """Keras' BatchNormalization, except that float64 inputs are normalised in float64.
+    """Keras' BatchNormalization, normalising float64 in float64 and fused on TensorFlow.
 
     Keras 3.15 upcasts the inputs with `result_type(dtype, "float32")`, which is float64 on
     TensorFlow but float32 on JAX and torch: a float64 i-RevNet would run every BatchNorm in
     float32 there. The inverse x1 = y1 - F(x2) then sees F jump by float32 rounding steps
     wherever the reconstructed x2 differs from the original in the last float64 bits
     (measured: 1.5e-12 instead of 2e-16 on the injective ImageNet model, torch backend).
-    Every other dtype takes Keras' own path unchanged.
+
+    On TensorFlow, training-mode float32 batches go through TensorFlow's fused kernel
+    (`FusedBatchNormV3` and its fused gradient), where Keras computes the moments and the
+    normalisation in separate ops: measured 15-35 % faster training steps for the CIFAR
+    i-RevNet. Not under XLA (`jit_compile=True`): XLA's CPU lowering of the fused op made
+    the same step 3x slower than Keras' ops. Its batch variance is Bessel-corrected; the moving variance is updated with
+    the biased one, as Keras does. Outputs, gradients and moving statistics agree with
+    Keras' path to float32 rounding (tested).
+
+    Every other case takes Keras' own path unchanged.
     """
 
     def call(self, inputs, training=None, mask=None):
+        if self._fuses(inputs, training, mask):
+            return self._fused_training_call(inputs)
         if mask is not None or keras.backend.standardize_dtype(inputs.dtype) != "float64":
             return super().call(inputs, training=training, mask=mask)
         if training and self.trainable:
@@ -38,3 +49,46 @@ class BatchNormalization(keras.layers.BatchNormalization):
             scale=ops.cast(self.gamma, "float64") if self.scale else None,
             epsilon=self.epsilon,
         )
+
+    def _fuses(self, inputs, training, mask):
+        return (
+            keras.backend.backend() == "tensorflow"
+            and training is True
+            and self.trainable
+            and mask is None
+            and self.axis in (-1, len(inputs.shape) - 1)
+            and self.center
+            and self.scale
+            and not self.synchronized
+            and not self.renorm
+            and keras.backend.standardize_dtype(inputs.dtype) == "float32"
+            and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
+            and not _in_xla_context()
+        )
+
+    def _fused_training_call(self, inputs):
+        import tensorflow as tf
+
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            ops.convert_to_tensor(self.gamma),
+            ops.convert_to_tensor(self.beta),
+            epsilon=self.epsilon,
+            is_training=True,
+        )
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
+        variance = variance * ((count - 1.0) / count)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return outputs
+
+
+def _in_xla_context():
+    # Private TensorFlow API (as Keras 2's own layers used): true inside a function being
+    # built for XLA, e.g. `tf.function(jit_compile=True)`, Keras' `jit_compile=True` step.
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())

@@ -1,0 +1,93 @@
+"""The yardstick: plain-PyTorch i-RevNet (benchmarks/torch_irevnet.py), timed like the authors' code.
+
+Training step as the authors' train loop runs it (eager, SGD with momentum 0.9 and weight
+decay, cross-entropy), inference and inverse in `eval()` mode under `torch.no_grad()`. Also
+the FLOP count of the architecture (from the convolutions' and the linear layer's output
+shapes) and the machine's float32 matmul peak.
+"""
+
+import torch
+from torch import nn
+
+from benchmarks.speed_setup import MODELS, rates, time_steps
+from benchmarks.torch_irevnet import TorchIRevNet
+
+MATMUL_SIZE = 2048
+
+
+def reference_model(name):
+    spec = MODELS[name]
+    config = spec["config"]
+    return TorchIRevNet(
+        config["blocks"],
+        config["strides"],
+        config["channels"],
+        init_ds=config["init_ds"],
+        classes=spec["classes"],
+        dropout=config.get("dropout", 0.0),
+    )
+
+
+def forward_flops(model, image_size):
+    """Multiply-adds x 2 of the convolutions and the linear layer, per image."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += 2 * output[0].numel() * module.in_channels * kh * kw
+        elif isinstance(module, nn.Linear):
+            total += 2 * module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def matmul_peak_gflops(repeats=10):
+    """float32 GFLOP/s of a 2048^3 matmul (torch, all threads): the machine's practical peak."""
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    _, seconds = time_steps(lambda: torch.mm(a, b), repeats)
+    return 2 * MATMUL_SIZE**3 / seconds / 1e9
+
+
+def measure(workload):
+    """Yields one result dict per measurement of the reference on `workload`."""
+    torch.manual_seed(0)
+    model = reference_model(workload.model)
+    classes = MODELS[workload.model]["classes"]
+    weight_decay = 5e-4 if workload.model == "cifar" else 1e-4
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=weight_decay)
+    size = workload.image_size
+    x = torch.randn(workload.train_batch, 3, size, size)
+    y = torch.randint(0, classes, (workload.train_batch,))
+
+    def train_step():
+        optimizer.zero_grad()
+        logits, _ = model(x)
+        nn.functional.cross_entropy(logits, y).backward()
+        optimizer.step()
+
+    model.train()
+    yield _result("train", workload.train_batch, *time_steps(train_step, workload.steps))
+
+    model.eval()
+    x = torch.randn(workload.infer_batch, 3, size, size)
+    with torch.no_grad():
+        phi = model.features(x)
+
+        yield _result("inference", workload.infer_batch,
+                      *time_steps(lambda: model(x), workload.steps))
+        yield _result("inverse", workload.infer_batch,
+                      *time_steps(lambda: model.inverse(phi), workload.steps))
+
+
+def _result(work, batch, first, seconds):
+    return dict(work=work, batch=batch, jit="eager", memory_efficient=False,
+                **rates(batch, first, seconds))
