@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS := tensorflow jax torch
 
-.PHONY: setup demo test
+.PHONY: setup demo test benchmark
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,9 @@ test: setup
 			|| failed="$$failed $$backend"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+
+# Speed against a plain-torch i-RevNet on this machine (README "Performance"); about an hour.
+# BENCHMARK_ARGS=--quick for a short version.
+benchmark: setup
+	$(PY) -m benchmarks.run $(BENCHMARK_ARGS)
+	$(PY) -m benchmarks.conv_kernels

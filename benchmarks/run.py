@@ -9,12 +9,13 @@ For `IRevNetCIFAR` and `IRevNetBijective` and each Keras backend: training throu
 (`model.inverse_model().predict`), with and without `memory_efficient` and with each
 compilation mode the backend offers; achieved GFLOP/s from the architecture's FLOP count
 (training counts 3x the forward FLOPs, whether or not the memory-efficient mode recomputes
-F) and its fraction of the float32 matmul peak measured in the same run; and the plain-torch
-reference (`benchmarks/torch_irevnet.py`, eager, as the authors' code runs) as the yardstick.
+F) and its fraction of the float32 matmul peak measured in the same run (the best of
+1024^3, 2048^3 and 4096^3 matmuls in torch and numpy); and the plain-torch reference
+(`benchmarks/torch_irevnet.py`, eager, as the authors' code runs) as the yardstick.
 
-Every measurement excludes its warm-up run (compilation, tracing) and reports the median of
-several timed runs. Each backend and the reference run in their own process, one after the
-other. Writes speed.json, speed.md and speed.png to --output_dir.
+Every measurement excludes its warm-up step (compilation, tracing), reported apart, and
+reports the median of the timed steps that follow. Each backend and the reference run in
+their own process, one after the other. Writes speed.json, speed.md and speed.png to --output_dir.
 """
 
 import json
