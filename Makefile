@@ -19,10 +19,10 @@ setup: $(VENV)/.installed
 RUN_DIR := runs/irevnet_tiny_digits
 
 # Train on the offline digits data, invert (figures + JSON), export (SavedModel + ONNX).
+# Run again, it resumes the finished run (nothing to train) and says the export is done.
 demo: setup
 	$(PY) -m applications.train  # no flags: the offline default, into $(RUN_DIR)
 	$(PY) -m applications.invert --model_path=$(RUN_DIR)/model.keras --output_dir=$(RUN_DIR)/inversion
-	rm -rf $(RUN_DIR)/saved_model $(RUN_DIR)/onnx
 	$(PY) -m applications.export --model_path=$(RUN_DIR)/model.keras \
 		--saved_model_dir=$(RUN_DIR)/saved_model --onnx_path=$(RUN_DIR)/onnx
 

@@ -50,18 +50,9 @@ def load_model(model_path):
             f"--model_path {model_path} does not exist; train a model first "
             "(python -m applications.train writes runs/irevnet_tiny_digits/model.keras)."
         )
-    import keras
+    from keras_irevnet.models import load_irevnet
 
-    import keras_irevnet  # noqa: F401  (registers the i-RevNet layers for deserialisation)
-
-    model = keras.saving.load_model(model_path, compile=False)
-    for name in ("features", "inverse", "image_shape", "block_stack"):
-        if not hasattr(model, name):
-            raise ValueError(
-                f"{model_path} holds a {type(model).__name__}, not an i-RevNet (it has no "
-                f"`{name}`); the analyses need keras_irevnet.IRevNet models."
-            )
-    return model
+    return load_irevnet(model_path)
 
 
 def load_arrays(dataset, split, count, model, data_dir=None, batch_size=64):
@@ -112,10 +103,10 @@ def uniform_noise(like, count, seed=0):
 
 
 def write_json(path, payload):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-    return path
+    """Standard JSON, written atomically (`keras_irevnet.atomic.write_json`); returns `path`."""
+    from keras_irevnet import atomic
+
+    return atomic.write_json(path, payload)
 
 
 def default_output_dir(model_path, name):

@@ -18,7 +18,6 @@ Runs on any Keras backend; torch is needed to read the checkpoint file.
 import json
 import os
 import sys
-import tempfile
 
 from absl import app, flags
 
@@ -177,8 +176,8 @@ def convert(official_checkpoint, model, output, model_config=None, sanity_batch=
             preprocessing=None, overwrite=False):
     """Loads the authors' checkpoint into `model`, writes `output`, and prints the sanity top-1.
 
-    The file is written to a temporary name in the same directory and renamed at the end, so
-    a failure never leaves a partial `.weights.h5`. Returns the sanity predictions (or []).
+    `output` is written through `keras_irevnet.atomic`, so a failed or killed conversion never
+    leaves a partial `.weights.h5` under its name. Returns the sanity predictions (or []).
     """
     import keras_irevnet as kir
 
@@ -202,21 +201,7 @@ def convert(official_checkpoint, model, output, model_config=None, sanity_batch=
         )
     kir.load_official_weights(keras_model, official_checkpoint)
 
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    handle, staging = tempfile.mkstemp(
-        prefix=f".{os.path.basename(output)[:-len('.weights.h5')]}.partial-",
-        suffix=".weights.h5",
-        dir=directory,
-    )
-    os.close(handle)
-    try:
-        keras_model.save_weights(staging, overwrite=True)
-        os.replace(staging, output)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
+    _write_weights(keras_model, output)
     print(f"Wrote {output} ({keras_model.count_params():,} parameters of {keras_model.name}).")
 
     results = []
@@ -230,6 +215,17 @@ def convert(official_checkpoint, model, output, model_config=None, sanity_batch=
             label = f" ({CIFAR10_CLASSES[index]})" if cifar else ""
             print(f"  {name}: class {index}{label}, p={probability:.3f}")
     return results
+
+
+def _write_weights(keras_model, output):
+    """Saves the weights of `keras_model` to `output` atomically: a hidden temporary file next
+    to it, renamed into place once complete. Temporaries of `output` that killed conversions
+    left are removed first."""
+    from keras_irevnet.atomic import atomic_path, remove_partials
+
+    remove_partials(os.path.dirname(os.path.abspath(output)), name=os.path.basename(output))
+    with atomic_path(output) as temporary:
+        keras_model.save_weights(temporary, overwrite=True)
 
 
 FLAGS = flags.FLAGS

@@ -41,10 +41,13 @@ def _show(axis, image):
 
 
 def _save(figure, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    from keras_irevnet.atomic import atomic_path
+
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(figure)
     return path
 
 

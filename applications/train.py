@@ -14,16 +14,22 @@ ImageNet as in the paper (tfds builds imagenet2012 from the two ILSVRC2012 archi
 
 Runs on every Keras backend (KERAS_BACKEND=tensorflow|jax|torch); --strategy=mirrored and
 multi_worker need TensorFlow, data_parallel needs JAX. --cpu_devices=N splits the CPU into N
-devices so the multi-device paths run without GPUs. Kill the program at any point and start
-it again with the same flags: it continues after the last finished epoch.
+devices so the multi-device paths run without GPUs.
 
-Writes to --model_dir: checkpoints/ (one per epoch, the newest two kept), logs/ (TensorBoard),
-history.csv, run_config.json, model.keras (architecture and weights, uncompiled: it loads
-with keras and keras_irevnet alone) and metrics.json (top1, top5, inverse_rel_error,
-epochs, backend, ...). Every flag is checked before any slow work starts.
+Kill the program at any point and start it again with the same flags: it continues from the
+newest checkpoint (every --checkpoint_every steps and at each epoch's end) with the data
+where it stopped, and ends with the weights an uninterrupted run would have. --epochs may be
+raised to train a finished run further. A loss that stops being finite ends the run at once
+(exit status 3) without saving anything after the last finite step.
+
+Writes to --model_dir: checkpoints/ (the newest two), logs/ (TensorBoard, with the inversion
+error and reconstructions of every validation), history.csv, run_config.json, model.keras
+(architecture and weights, uncompiled: it loads with keras and keras_irevnet alone) and
+metrics.json (top1, top5, inverse_rel_error, epochs, backend, ...), every file written
+atomically. Every flag is checked before any slow work starts.
 """
 
-import json
+import dataclasses
 import os
 import sys
 import time
@@ -111,7 +117,18 @@ def define_flags():
         "eval_steps", None, "Validation batches for the final evaluation (default: all)."
     )
     flags.DEFINE_integer(
-        "inverse_images", 256, "Validation images to measure the inversion error on."
+        "inverse_images", 256, "Validation images to measure the final inversion error on."
+    )
+    flags.DEFINE_integer(
+        "monitor_images", 32,
+        "Validation images whose inversion error is measured at every validation and logged "
+        "(history, TensorBoard scalars and images); 0: off.",
+    )
+    flags.DEFINE_integer(
+        "checkpoint_every", 2500,
+        "Steps between checkpoints inside an epoch (a checkpoint also ends every epoch); 0: "
+        "at epoch ends only. 2500 steps is half an ImageNet epoch at batch 256, about 25 "
+        "minutes of i-RevNet-301 training on 8 V100s, for a few seconds of writing.",
     )
     flags.DEFINE_integer("verbose", 1, "model.fit verbosity: 1 progress bar, 2 one line/epoch.")
     return tuple(sorted(set(FLAGS) - before))
@@ -142,6 +159,9 @@ def resolve_arguments(values):
     for key in ("batch_size", "epochs", "image_size"):
         if args[key] < 1:
             raise ValueError(f"--{key} must be positive, got {args[key]}.")
+    for key in ("checkpoint_every", "monitor_images", "inverse_images"):
+        if args[key] < 0 or (key == "inverse_images" and args[key] < 1):
+            raise ValueError(f"--{key} must not be negative, got {args[key]}.")
     if args["steps_per_epoch"] is not None and args["steps_per_epoch"] < 1:
         raise ValueError(f"--steps_per_epoch must be positive, got {args['steps_per_epoch']}.")
     if args["learning_rate"] <= 0 or args["weight_decay"] < 0:
@@ -162,21 +182,45 @@ def run(args):
     """Trains, evaluates and saves as the module docstring says; returns the metrics dict.
 
     `args` comes from `resolve_arguments`.
+
+    Raises:
+        ValueError / FileNotFoundError: bad flags or data, before any slow work.
+        TrainingDiverged: the loss stopped being finite (nothing saved after that point).
+        CheckpointError: the run's checkpoints exist but none can be read.
     """
     return train_and_evaluate(args, prepare(args))
+
+
+class ExportFailed(RuntimeError):
+    """Training finished and its files are saved, but --export_dir could not be written."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """What `prepare` found out and built, for `train_and_evaluate`."""
+
+    started: float
+    backend: str
+    spec: object
+    distributor: object
+    train: object  # a data.Split of the training split (counts; its dataset starts at 0)
+    validation: object
+    steps_per_epoch: int
+    schedule: tuple  # (boundaries in steps, factor)
+    make_train_dataset: object  # start_step -> tf.data.Dataset of this process
 
 
 def prepare(args):
     """Everything that can fail on bad input, before the model is built: the strategy on this
     backend, the devices, the data (ImageNet's archives), the batch split, the schedule, a
-    --model_dir of another run. Returns what `train_and_evaluate` needs."""
+    --model_dir of another run. Returns a `Setup`."""
     started = time.time()
     from applications.training import distribute
 
     backend = distribute.current_backend()
     distribute.check_strategy(args["strategy"], backend, args["cpu_devices"])
     # Before anything touches a device (the data pipeline included).
-    distribute.configure_cpu_devices(backend, args["cpu_devices"])
+    distribute.configure_devices(backend, args["strategy"], args["cpu_devices"])
 
     from keras_irevnet import data
 
@@ -187,12 +231,45 @@ def prepare(args):
         )
     distributor = distribute.make_distributor(args["strategy"], backend)
     data.check_batch_size(args["batch_size"], distributor.num_replicas)
+    _set_seed_and_policy(args, distributor, backend)
 
+    common = dict(
+        image_size=args["image_size"], seed=args["seed"], num_replicas=distributor.num_replicas,
+        data_dir=args["data_dir"], manual_dir=args["manual_dir"],
+        deterministic=args["deterministic"],
+    )
+    print(f"Preparing {args['dataset']} (image size {args['image_size']}) ...", flush=True)
+    batch = args["batch_size"]
+    train = data.make_dataset(args["dataset"], "train", batch, **common)
+    validation = data.make_dataset(args["dataset"], "validation", batch,
+                                   shard=distributor.shard(training=False), **common)
+    validation = dataclasses.replace(
+        validation, dataset=distributor.local_batches(validation.dataset, batch))
+
+    def make_train_dataset(start_step):
+        dataset = data.make_dataset(
+            args["dataset"], "train", batch, start_step=start_step,
+            shard=distributor.shard(training=True), prepare=False, **common,
+        ).dataset
+        return distributor.local_batches(dataset, batch)
+
+    steps_per_epoch = args["steps_per_epoch"] or train.steps
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"--batch_size={args['batch_size']} is larger than the {train.num_examples} "
+            f"training images of {args['dataset']}; use a smaller batch."
+        )
+    _check_validation_split(args, validation, distributor)
+    schedule = _reconcile_run(args, steps_per_epoch, distributor.is_chief)
+    return Setup(started, backend, spec, distributor, train, validation, steps_per_epoch,
+                 schedule, make_train_dataset)
+
+
+def _set_seed_and_policy(args, distributor, backend):
     import keras
 
-    from applications.training import checkpoints, presets
+    from applications.training import distribute
 
-    model_dir = args["model_dir"]
     if args["seed"] is not None:
         keras.utils.set_random_seed(args["seed"])
     if args["mixed_precision"]:
@@ -202,64 +279,62 @@ def prepare(args):
         keras.config.set_dtype_policy(policy)
         print(f"Mixed precision: the {policy} policy.", flush=True)
 
-    common = dict(
-        image_size=args["image_size"], seed=args["seed"], num_replicas=distributor.num_replicas,
-        data_dir=args["data_dir"], manual_dir=args["manual_dir"],
-        deterministic=args["deterministic"],
-    )
-    print(f"Preparing {args['dataset']} (image size {args['image_size']}) ...", flush=True)
-    train = data.make_dataset(args["dataset"], "train", args["batch_size"], **common)
-    validation = data.make_dataset(args["dataset"], "validation", args["batch_size"], **common)
-    steps_per_epoch = args["steps_per_epoch"] or train.steps
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"--batch_size={args['batch_size']} is larger than the {train.num_examples} "
-            f"training images of {args['dataset']}; use a smaller batch."
-        )
+
+def _check_validation_split(args, validation, distributor):
     last_batch = validation.num_examples % args["batch_size"]
-    if args["strategy"] == "data_parallel" and last_batch % distributor.num_replicas:
+    # (Shared out over processes, validation keeps full batches only.)
+    if (args["strategy"] == "data_parallel" and distributor.process is None
+            and last_batch % distributor.num_replicas):
         raise ValueError(
             f"--strategy=data_parallel: the {validation.num_examples} validation images end "
             f"in a batch of {last_batch}, which does not split over {distributor.num_replicas} "
             "devices; choose a --batch_size that leaves a multiple of the device count."
         )
-    boundaries, factor = presets.parse_schedule(
+
+
+def _reconcile_run(args, steps_per_epoch, is_chief):
+    """The schedule to train with, after checking the flags against the run in --model_dir."""
+    from applications.training import checkpoints, presets, run_config
+    from keras_irevnet import atomic
+
+    model_dir = args["model_dir"]
+    if is_chief:  # what killed writers left behind
+        atomic.remove_partials(model_dir)
+        atomic.remove_partials(checkpoints.checkpoint_dir(model_dir))
+    schedule = presets.parse_schedule(
         args["schedule"], args["dataset"], args["epochs"], steps_per_epoch
     )
-    # The flags a checkpoint belongs to (not --strategy: the batch is global, so a run may
-    # resume on other devices; not --epochs: a finished run may be extended).
-    run_config = {
-        key: args[key]
-        for key in ("dataset", "model", "image_size", "batch_size", "learning_rate",
-                    "weight_decay", "memory_efficient", "mixed_precision", "seed")
-    }
-    run_config.update(steps_per_epoch=steps_per_epoch, schedule_steps=list(boundaries),
-                      schedule_factor=factor)
-    checkpoints.check_run_config(model_dir, run_config, write=distributor.is_chief)
-    return dict(
-        started=started, backend=backend, spec=spec, distributor=distributor, train=train,
-        validation=validation, steps_per_epoch=steps_per_epoch, boundaries=boundaries,
-        factor=factor,
+    flags = {name: args[name] for name in run_config.FIXED_FLAGS if name != "steps_per_epoch"}
+    flags.update(steps_per_epoch=steps_per_epoch, schedule=args["schedule"],
+                 epochs=args["epochs"])
+    return run_config.reconcile(
+        model_dir, flags, schedule, checkpoints.latest_step(model_dir), write=is_chief
     )
 
 
 def train_and_evaluate(args, setup):
     """Builds and compiles the model in the strategy scope, resumes, fits, evaluates, measures
     the inversion error, saves; returns the metrics."""
+    model, state = _build_and_restore(args, setup)
+    resumed_step = state.step
+    train_seconds = _fit(model, args, setup, state)
+    metrics = _evaluate(model, args, setup, state.step, resumed_step, train_seconds)
+    _save_outputs(model, metrics, args, setup.distributor, trained=state.step > resumed_step)
+    _print_summary(metrics, os.path.abspath(args["model_dir"]), args["export_dir"])
+    return metrics
+
+
+def _build_and_restore(args, setup):
     import keras
 
-    from applications.training import checkpoints, evaluation, presets
+    from applications.training import checkpoints, presets
     from applications.training.metrics import accuracy_metrics
     from applications.training.optimizer import CoupledWeightDecaySGD
 
-    started, backend, spec = setup["started"], setup["backend"], setup["spec"]
-    distributor, train, validation = setup["distributor"], setup["train"], setup["validation"]
-    steps_per_epoch = setup["steps_per_epoch"]
-    boundaries, factor = setup["boundaries"], setup["factor"]
-    model_dir = args["model_dir"]
-    with distributor.scope():
+    boundaries, factor = setup.schedule
+    with setup.distributor.scope():
         model = presets.build_model(
-            args["model"], args["image_size"], spec.classes, args["memory_efficient"]
+            args["model"], args["image_size"], setup.spec.classes, args["memory_efficient"]
         )
         model.compile(
             optimizer=CoupledWeightDecaySGD(
@@ -268,90 +343,157 @@ def train_and_evaluate(args, setup):
                 l2=args["weight_decay"],
             ),
             loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=accuracy_metrics(spec.classes),
+            metrics=accuracy_metrics(setup.spec.classes),
         )
-        epochs_done = checkpoints.restore(model, model_dir)
+        state = checkpoints.restore(model, args["model_dir"])
     print(
         f"Model {model.name}: {model.count_params():,} parameters, Phi(x) of shape "
-        f"{model.feature_shape}; backend {backend}, strategy {distributor.name} over "
-        f"{distributor.num_replicas} replica(s).",
+        f"{model.feature_shape}; backend {setup.backend}, strategy {setup.distributor.name} "
+        f"over {setup.distributor.num_replicas} replica(s).",
         flush=True,
     )
-    if epochs_done:
-        print(f"Resuming after epoch {epochs_done} from {model_dir}/checkpoints.", flush=True)
+    if state.step:
+        epoch, in_epoch = state.position(setup.steps_per_epoch)
+        where = f"epoch {epoch}" if not in_epoch else (
+            f"step {in_epoch} of {setup.steps_per_epoch} in epoch {epoch + 1}")
+        print(f"Resuming after {where} (global step {state.step}) from "
+              f"{state.path}.", flush=True)
+    return model, state
 
-    history_csv = os.path.join(model_dir, "history.csv")
+
+def _callbacks(model_dir, args, setup, state, start_step):
+    import keras
+
+    from applications.training import checkpoints
+    from applications.training.divergence import StopOnDivergence
+    from keras_irevnet.callbacks import InversionMonitor
+
+    chief = setup.distributor.is_chief
     log_dir = os.path.join(model_dir, "logs")
-    if distributor.is_chief:
-        checkpoints.trim_history(history_csv, epochs_done)
-    callbacks = [checkpoints.EpochCheckpoint(model_dir, write=distributor.is_chief)]
-    if distributor.is_chief:
-        callbacks += [
-            keras.callbacks.TensorBoard(log_dir=log_dir),
-            keras.callbacks.CSVLogger(history_csv, append=True),
-        ]
-    fit_started = time.time()
-    if epochs_done < args["epochs"]:
-        fit_kwargs = {}
-        if args["validation_freq"]:
-            fit_kwargs = dict(
-                validation_data=validation.dataset,
-                validation_steps=_eval_steps(args, validation),
-                validation_freq=args["validation_freq"],
-            )
+    callbacks = [
+        StopOnDivergence(setup.steps_per_epoch, start_step),
+    ]
+    if args["monitor_images"]:
+        callbacks.append(InversionMonitor(
+            _first_images(setup.validation.dataset, args["monitor_images"]),
+            log_dir=log_dir if chief else None,
+        ))
+    callbacks.append(checkpoints.TrainingCheckpoint(
+        model_dir, setup.steps_per_epoch, state, args["checkpoint_every"], write=chief,
+    ))
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
+    return callbacks
+
+
+def _first_images(dataset, count):
+    import numpy as np
+
+    images, held = [], 0
+    for x, _ in dataset:
+        images.append(np.asarray(x))
+        held += len(images[-1])
+        if held >= count:
+            break
+    return np.concatenate(images)[:count]
+
+
+def _fit(model, args, setup, state):
+    """Trains from `state` to --epochs; returns the seconds it took.
+
+    A run resumed inside an epoch first finishes that epoch (one `fit` call for its remaining
+    steps), then trains the rest: Keras' `fit` counts epochs, not steps.
+    """
+    steps = setup.steps_per_epoch
+    epoch, in_epoch = state.position(steps)
+    validation = {}
+    if args["validation_freq"]:
+        validation = dict(
+            validation_data=setup.validation.dataset,
+            validation_steps=_eval_steps(args, setup.validation),
+            validation_freq=args["validation_freq"],
+        )
+    started = time.time()
+    while epoch < args["epochs"]:
+        start_step = state.step
+        last = epoch + 1 if in_epoch else args["epochs"]
         model.fit(
-            train.dataset,
-            epochs=args["epochs"],
-            initial_epoch=epochs_done,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
+            setup.make_train_dataset(start_step),
+            initial_epoch=epoch,
+            epochs=last,
+            steps_per_epoch=steps - in_epoch,
+            callbacks=_callbacks(args["model_dir"], args, setup, state, start_step),
             verbose=args["verbose"],
             shuffle=False,  # the pipeline shuffles (Keras cannot shuffle a tf.data.Dataset)
-            **fit_kwargs,
+            **validation,
         )
-    train_seconds = time.time() - fit_started
+        if state.step == start_step:  # the pipeline repeats forever, so this is a bug
+            raise RuntimeError(f"fit made no progress from step {start_step}.")
+        epoch, in_epoch = state.position(steps)
+    return time.time() - started
 
+
+def _evaluate(model, args, setup, steps, resumed_step, train_seconds):
+    from keras_irevnet import analysis
+
+    validation = setup.validation
     results = model.evaluate(
         validation.dataset, steps=_eval_steps(args, validation), verbose=0, return_dict=True
     )
-    inverse_error, inverted = evaluation.inverse_relative_error(
-        model, validation.dataset.as_numpy_iterator(), args["inverse_images"]
-    )
-    metrics = {
+    images = _first_images(validation.dataset, args["inverse_images"])
+    inversion = analysis.reconstruction_error(model, images, batch_size=args["batch_size"])
+    return {
         "top1": float(results["top1"]),
         **({"top5": float(results["top5"])} if "top5" in results else {}),
         "loss": float(results["loss"]),
-        "inverse_rel_error": inverse_error,
-        "inverse_images": inverted,
+        "inverse_rel_error": inversion["rel_error"],
+        "inverse_images": len(images),
         "epochs": args["epochs"],
-        "resumed_after_epoch": epochs_done,
-        "backend": backend,
-        "strategy": distributor.name,
-        "replicas": distributor.num_replicas,
+        "steps": steps,
+        "resumed_after_step": resumed_step,
+        "backend": setup.backend,
+        "strategy": setup.distributor.name,
+        "replicas": setup.distributor.num_replicas,
         "dataset": args["dataset"],
         "model": args["model"],
         "image_size": args["image_size"],
-        "validation_images": validation.num_examples
-        if args["eval_steps"] is None else min(validation.num_examples,
-                                                args["eval_steps"] * args["batch_size"]),
+        "validation_images": min(validation.num_examples,
+                                 _eval_steps(args, validation) * args["batch_size"]),
         "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds": round(time.time() - setup.started, 1),
     }
-    shown = os.path.abspath(model_dir)  # the summary names absolute paths
-    model_path = os.path.join(shown, "model.keras")
-    metrics_path = os.path.join(shown, "metrics.json")
-    if distributor.is_chief:
-        checkpoints.save_portable_model(model, model_path)
-        with open(metrics_path, "w") as f:
-            json.dump(metrics, f, indent=2)
-        if args["export_dir"]:
-            from applications import export
 
-            # The export is checked against Keras; bfloat16 / float16 agree only to ~1e-2.
-            export.run(args["export_dir"], model_path=model_path,
-                       tolerance=1e-2 if args["mixed_precision"] else 1e-4)
-    _print_summary(metrics, shown, args["export_dir"])
-    return metrics
+
+def _save_outputs(model, metrics, args, distributor, trained):
+    """model.keras, metrics.json and the optional export, written by the chief only.
+
+    A finished run started again (nothing `trained`) keeps its model.keras byte for byte, so
+    its export is recognised as done rather than refused as a different model.
+    """
+    from applications.training import checkpoints
+    from keras_irevnet import atomic
+
+    shown = os.path.abspath(args["model_dir"])
+    model_path = os.path.join(shown, "model.keras")
+    if trained or not os.path.isfile(model_path):
+        checkpoints.save_portable_model(model, model_path, write=distributor.is_chief)
+    if not distributor.is_chief:
+        return
+    atomic.write_json(os.path.join(shown, "metrics.json"), metrics)
+    if args["export_dir"]:
+        from applications import export
+
+        # The export is checked against Keras; bfloat16 / float16 agree only to ~1e-2.
+        tolerance = 1e-2 if args["mixed_precision"] else 1e-4
+        export_dir = os.path.abspath(args["export_dir"])
+        try:
+            export.run(export_dir, model_path=model_path, tolerance=tolerance)
+        except (ValueError, FileExistsError, RuntimeError) as error:
+            raise ExportFailed(
+                f"the export to {export_dir} failed: {error} The trained model is saved; "
+                f"export it on its own with: python -m applications.export "
+                f"--model_path={model_path} --saved_model_dir=DIR --tolerance={tolerance}"
+            ) from None
 
 
 def _print_summary(metrics, shown, export_dir):
@@ -384,6 +526,9 @@ def _eval_steps(args, validation):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from applications.training.checkpoints import CheckpointError
+    from applications.training.divergence import TrainingDiverged
+
     try:
         args = resolve_arguments({name: FLAGS[name].value for name in FLAG_NAMES})
         setup = prepare(args)
@@ -392,8 +537,30 @@ def main(argv):
         # training itself keep their traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2
-    train_and_evaluate(args, setup)
+    try:
+        train_and_evaluate(args, setup)
+    except TrainingDiverged as error:
+        print(f"error: {error}. {_divergence_advice(args)}", file=sys.stderr)
+        return 3
+    except (CheckpointError, ExportFailed) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     return 0
+
+
+def _divergence_advice(args):
+    from applications.training import checkpoints
+
+    step = checkpoints.latest_step(args["model_dir"])
+    kept = (
+        f"The newest checkpoint, step {step} in {checkpoints.checkpoint_dir(args['model_dir'])}, "
+        "is untouched" if step else "No checkpoint was written"
+    )
+    return (
+        f"{kept}; nothing after the last finite step was saved. Try a lower --learning_rate "
+        f"(this run: {args['learning_rate']}) with a new --model_dir: resuming with the same "
+        "flags diverges again at the same step."
+    )
 
 
 FLAG_NAMES = define_flags()

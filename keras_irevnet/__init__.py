@@ -3,7 +3,7 @@
 Jacobsen, Smeulders & Oyallon, "i-RevNet: Deep Invertible Networks", ICLR 2018.
 """
 
-from keras_irevnet import layers
+from keras_irevnet import callbacks, layers
 from keras_irevnet.convert import load_official_weights
 from keras_irevnet.export import export_onnx, export_saved_model
 from keras_irevnet.models import (
@@ -23,6 +23,7 @@ __all__ = [
     "IRevNetBijective",
     "IRevNetCIFAR",
     "IRevNetInjective",
+    "callbacks",
     "deprocess_input",
     "export_onnx",
     "export_saved_model",

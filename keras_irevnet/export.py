@@ -12,17 +12,21 @@ carries the forward map *and* the inverse:
 From any other backend, `python -m applications.export` does the same from a `.keras` file
 (or an authors' checkpoint) in a TensorFlow-backend process.
 
-Both functions write into a temporary directory next to `path` and rename it into place only
-once everything is written, so a failed export never leaves a half-written directory behind.
+Both functions write through `keras_irevnet.atomic`: into a hidden `.partial-` directory next
+to `path`, renamed into place only once everything is written, so a failed or killed export
+never leaves a half-written directory under `path` (a killed one's leftover partial directory
+is removed by the next export to the same path). `write_saved_model` and `write_onnx` are the
+same writers without the staging, for callers that stage several directories together
+(`applications/export.py` commits a SavedModel and its ONNX graphs as one export).
 """
 
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 
 import keras
+
+from keras_irevnet.atomic import atomic_path, remove_partials
 
 # Names shared by the SavedModel and the ONNX graphs (and documented in the README).
 SAVED_MODEL_ENDPOINTS = ("serve", "features", "inverse")
@@ -81,33 +85,50 @@ def _check_target(path, argument):
     return path
 
 
-@contextlib.contextmanager
-def _staged_directory(path):
-    """Yields a temporary directory that becomes `path` only if the block finishes.
+def _missing_directories(paths):
+    """The directories that holding `paths` would create (those that do not exist), innermost
+    first."""
+    missing = []
+    for path in paths:
+        probe = os.path.dirname(os.path.abspath(path))
+        while probe and not os.path.exists(probe) and probe not in missing:
+            missing.append(probe)
+            probe = os.path.dirname(probe)
+    return sorted(missing, key=len, reverse=True)  # children before their parents
 
-    The temporary directory sits next to `path` (same file system), so the final rename is
-    atomic: readers see either no export or a complete one. On any error, the temporary
-    directory and any parent directories created for it are removed.
+
+@contextlib.contextmanager
+def removing_created_parents(*paths):
+    """Removes, if the block fails, the parent directories of `paths` created during it.
+
+    A failed export leaves nothing behind, not even the (empty) parent directories that
+    staging next to its target created.
     """
-    parent = os.path.dirname(path)
-    created = []  # parent directories this call creates, innermost last
-    probe = parent
-    while probe and not os.path.exists(probe):
-        created.append(probe)
-        probe = os.path.dirname(probe)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    missing = _missing_directories(paths)
     try:
-        yield staging
-        if os.path.isdir(path):
-            os.rmdir(path)  # an empty directory (checked before); rename needs it gone
-        os.rename(staging, path)
+        yield
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for directory in created:  # innermost first
+        for directory in missing:  # innermost first; os.rmdir keeps anything non-empty
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
         raise
+
+
+def remove_leftover_partials(path):
+    """Removes the staging directories that killed writers of `path` left next to it.
+
+    Returns the removed paths.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    return remove_partials(parent, name=name)
+
+
+@contextlib.contextmanager
+def _atomic_directory(path):
+    """Yields a staging directory that becomes `path` (absolute) only if the block finishes."""
+    remove_leftover_partials(path)
+    with removing_created_parents(path), atomic_path(path, directory=True) as staging:
+        yield staging
 
 
 def _signatures(model):
@@ -170,7 +191,8 @@ def export_saved_model(model, path, platforms=None, verbose=False):
     Args:
         model: a keras_irevnet `IRevNet` (any constructor, or a loaded `.keras` file).
         path: the export directory. It must not exist or be empty. The export is written to
-            a temporary directory next to it and renamed into place once complete.
+            a hidden `.partial-` directory next to it and renamed into place once complete
+            (partial directories that killed exports to `path` left are removed first).
         platforms: JAX backend only: the platforms to lower for, e.g. ("cpu", "cuda").
             Defaults to the platform exporting (Keras' default); a SavedModel exported from
             JAX runs only on the platforms it was lowered for. Ignored on TensorFlow, whose
@@ -190,12 +212,24 @@ def export_saved_model(model, path, platforms=None, verbose=False):
     _check_backend("export_saved_model", ("tensorflow", "jax"))
     path = _check_target(path, "path")
     archive = _build_archive(model, platforms=platforms)
-    with _staged_directory(path) as staging:
+    with _atomic_directory(path) as staging:
         archive.write_out(staging, verbose=False)
     if verbose:
         endpoints = ", ".join(SAVED_MODEL_ENDPOINTS)
         print(f"Saved the SavedModel at {path!r} with endpoints {endpoints}.")
     return path
+
+
+def write_saved_model(model, directory, platforms=None):
+    """Writes the SavedModel of `export_saved_model` into the existing `directory`, in place.
+
+    Not atomic: for callers that stage the directory themselves (`applications/export.py`
+    commits a SavedModel and its ONNX graphs together). Use `export_saved_model` otherwise.
+    Arguments and errors as `export_saved_model`'s; `directory` is not checked.
+    """
+    _check_model(model, "write_saved_model")
+    _check_backend("write_saved_model", ("tensorflow", "jax"))
+    _build_archive(model, platforms=platforms).write_out(os.fspath(directory), verbose=False)
 
 
 def _name_batch_dimension(onnx_path):
@@ -234,8 +268,9 @@ def export_onnx(model, path, opset=None):
 
     Args:
         model: a keras_irevnet `IRevNet`.
-        path: the output directory; it must not exist or be empty. Written to a temporary
-            directory next to it and renamed into place once both graphs are written.
+        path: the output directory; it must not exist or be empty. Written to a hidden
+            `.partial-` directory next to it and renamed into place once both graphs are
+            written (as `export_saved_model`'s `path`).
         opset: the ONNX opset; defaults to tf2onnx's default.
 
     Returns:
@@ -250,15 +285,43 @@ def export_onnx(model, path, opset=None):
     _check_model(model, "export_onnx")
     _check_backend("export_onnx", ("tensorflow",))
     path = _check_target(path, "path")
+    _import_onnx_converter("export_onnx")  # before anything is written
+    with _atomic_directory(path) as staging:
+        _write_onnx_graphs(model, staging, opset)
+    return path
+
+
+def write_onnx(model, directory, opset=None):
+    """Writes the two ONNX graphs of `export_onnx` into the existing `directory`, in place.
+
+    Not atomic: for callers that stage the directory themselves (`applications/export.py`
+    commits a SavedModel and its ONNX graphs together). Use `export_onnx` otherwise.
+    Arguments and errors as `export_onnx`'s; `directory` is not checked.
+    """
+    _check_model(model, "write_onnx")
+    _check_backend("write_onnx", ("tensorflow",))
+    _import_onnx_converter("write_onnx")
+    _write_onnx_graphs(model, os.fspath(directory), opset)
+
+
+def _import_onnx_converter(function):
+    """Imports tf2onnx (and onnx, used by _name_batch_dimension); an ImportError saying what to
+    install if either is missing."""
     try:
-        import onnx  # noqa: F401  (used by _name_batch_dimension)
+        import onnx  # noqa: F401
         import tf2onnx
     except ImportError as error:
         raise ImportError(
-            f"export_onnx needs the packages tf2onnx and onnx (pip install tf2onnx onnx); "
+            f"{function} needs the packages tf2onnx and onnx (pip install tf2onnx onnx); "
             f"importing them failed: {error}"
         ) from None
+    return tf2onnx
+
+
+def _write_onnx_graphs(model, directory, opset):
+    """Writes forward.onnx and inverse.onnx (see `export_onnx`) into `directory`."""
     import tensorflow as tf
+    import tf2onnx  # its absence was reported by the caller (_import_onnx_converter)
 
     image_spec, feature_spec = _signatures(model)
     images_signature = [tf.TensorSpec(image_spec.shape, image_spec.dtype, name="images")]
@@ -282,15 +345,15 @@ def export_onnx(model, path, opset=None):
     tf2onnx_logger = logging.getLogger("tf2onnx")
     level = tf2onnx_logger.level
     tf2onnx_logger.setLevel(max(level, logging.WARNING))
-    with _staged_directory(path) as staging, contextlib.ExitStack() as restore:
-        restore.callback(tf2onnx_logger.setLevel, level)
+    try:
         for function, signature, filename in (
             (forward, images_signature, ONNX_FORWARD_FILE),
             (inverse, features_signature, ONNX_INVERSE_FILE),
         ):
-            onnx_path = os.path.join(staging, filename)
+            onnx_path = os.path.join(directory, filename)
             tf2onnx.convert.from_function(
                 function, input_signature=signature, opset=opset, output_path=onnx_path
             )
             _name_batch_dimension(onnx_path)
-    return path
+    finally:
+        tf2onnx_logger.setLevel(level)

@@ -38,3 +38,14 @@ def preprocessed_photos(size, count=4, dtype="float32"):
     import keras_irevnet as kir
 
     return kir.preprocess_input(photos(size, count)).astype(dtype)
+
+
+def once_in(backend, why):
+    """Runs a test in one backend's suite only: it exercises a program or file format whose
+    behaviour does not depend on the Keras backend of the test process (`make test` runs the
+    suite once per backend; such tests are spread over the three suites)."""
+    import pytest
+
+    return pytest.mark.skipif(
+        keras.backend.backend() != backend, reason=f"runs once, in the {backend} suite: {why}"
+    )

@@ -115,3 +115,37 @@ def test_fit_from_pipelines_on_this_backend(name):
         results = model.evaluate(validation.dataset, steps=2, verbose=0, return_dict=True)
     assert np.isfinite(history.history["loss"][0])
     assert 0.0 <= results["accuracy"] <= 1.0
+
+
+def _images(dataset, batches):
+    return [x for x, _ in dataset.take(batches).as_numpy_iterator()]
+
+
+def test_start_step_continues_where_a_run_stopped():
+    """A pipeline started at step k yields exactly batch k onwards of one started at 0, across
+    the end of a pass over the data (digits: 89 batches of 16 per pass)."""
+    kwargs = dict(seed=5)
+    whole = _images(data.make_dataset("digits", "train", 16, **kwargs).dataset, 92)
+    resumed = _images(data.make_dataset("digits", "train", 16, start_step=87, **kwargs).dataset, 5)
+    for expected, got in zip(whole[87:], resumed):
+        np.testing.assert_array_equal(expected, got)
+    with pytest.raises(ValueError, match="start_step must be a non-negative integer"):
+        data.make_dataset("digits", "train", 16, start_step=-1)
+    with pytest.raises(ValueError, match="repeated training pipelines only"):
+        data.make_dataset("digits", "validation", 16, start_step=3)
+
+
+def test_worker_shares_make_up_the_global_batches():
+    """Worker i of W gets the i-th contiguous W-th of every global batch (from step k too)."""
+    kwargs = dict(seed=2, start_step=3)
+    global_batches = _images(data.make_dataset("digits", "train", 16, **kwargs).dataset, 4)
+    shares = [
+        np.concatenate(_images(
+            data.make_dataset("digits", "train", 16, shard=(i, 2), **kwargs).dataset, 2))
+        for i in range(2)
+    ]
+    for k, batch in enumerate(global_batches):
+        for i in range(2):
+            np.testing.assert_array_equal(shares[i][8 * k: 8 * (k + 1)], batch[8 * i: 8 * (i + 1)])
+    with pytest.raises(ValueError, match="must divide evenly over the 3 workers"):
+        data.make_dataset("digits", "train", 16, shard=(0, 3))

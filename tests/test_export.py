@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import keras
 import numpy as np
@@ -245,6 +246,8 @@ def test_saved_model_serves_three_endpoints_without_keras(small, tmp_path):
     model, data_path = small
     export_dir = tmp_path / "export"
     export_dir.mkdir()  # an empty directory is accepted (and replaced by the export)
+    # What a killed export to the same path left: removed by this one.
+    (tmp_path / ".export.partial-killed" / "variables").mkdir(parents=True)
     returned = kir.export_saved_model(model, export_dir)
     assert returned == str(export_dir)
     assert _leftovers(tmp_path) == ["export"]
@@ -281,6 +284,47 @@ def test_export_app_from_keras_file(small, tmp_path):
     print(f"\n[{BACKEND} -> app] SavedModel relative errors:", json.dumps(errors))
     errors = _check_in_onnxruntime_only_process(onnx_dir, data_path, tmp_path)
     print(f"\n[{BACKEND} -> app] ONNX relative errors:", json.dumps(errors))
+
+
+def _assert_written_here_not_in_repository(cwd, names):
+    for name in names:
+        assert (cwd / name).is_dir(), f"{name} is not under the working directory {cwd}"
+        assert not os.path.exists(os.path.join(REPO_ROOT, name)), f"{name} written in the repo"
+
+
+def test_export_app_relative_paths_mean_the_callers_directory(small, tmp_path, monkeypatch):
+    """run() with relative paths, as applications/train.py calls it: on JAX and torch the
+    export runs in a TensorFlow child process, which must resolve them as the caller does."""
+    from applications import export as export_app
+
+    model, _ = small
+    model.save(tmp_path / "model.keras")
+    # Names that cannot exist in the repository, so finding them there means a wrong cwd.
+    saved_model_dir, onnx_dir = (f"{kind}_{uuid.uuid4().hex}" for kind in ("sm", "onnx"))
+    monkeypatch.chdir(tmp_path)
+    errors = export_app.run(saved_model_dir, model_path="model.keras", onnx_path=onnx_dir)
+    _assert_written_here_not_in_repository(tmp_path, (saved_model_dir, onnx_dir))
+    assert len(errors) == 8 and all(e <= TOLERANCE for e in errors.values()), errors
+    manifest = export_app.read_manifest(tmp_path / saved_model_dir)
+    assert manifest["source"]["path"] == str(tmp_path / "model.keras")
+    assert manifest["parts"] == {
+        "saved_model": str(tmp_path / saved_model_dir), "onnx": str(tmp_path / onnx_dir),
+    }
+
+
+def test_export_program_relative_paths_mean_the_callers_directory(small, tmp_path):
+    model, _ = small
+    model.save(tmp_path / "model.keras")
+    saved_model_dir, onnx_dir = (f"{kind}_{uuid.uuid4().hex}" for kind in ("sm", "onnx"))
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-m", "applications.export", "--model_path=model.keras",
+         f"--saved_model_dir={saved_model_dir}", f"--onnx_path={onnx_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    _assert_written_here_not_in_repository(tmp_path, (saved_model_dir, onnx_dir))
+    assert f"SavedModel: {tmp_path / saved_model_dir}" in completed.stdout
 
 
 @pytest.mark.skipif(
@@ -374,6 +418,8 @@ def test_export_model_type_is_checked(tmp_path):
         (dict(official_checkpoint="missing.pth.tar", model="cifar"), r"file not found"),
         (dict(official_checkpoint="CKPT", model="cifar", target="non-empty"),
          r"--saved_model_dir: the directory .* already exists and is not empty"),
+        (dict(official_checkpoint="CKPT", model="cifar", onnx_path="export/onnx"),
+         r"--onnx_path and --saved_model_dir must be different directories, neither inside"),
     ],
 )
 def test_export_app_rejects_bad_arguments_before_any_work(tmp_path, arguments, message):
@@ -381,8 +427,8 @@ def test_export_app_rejects_bad_arguments_before_any_work(tmp_path, arguments, m
 
     checkpoint = tmp_path / "ckpt.pth.tar"
     checkpoint.write_bytes(b"not read: the arguments are checked first")
-    for key in ("model_path", "official_checkpoint"):
-        if key in arguments:  # "CKPT": a file that exists; anything else: a missing file
+    for key in ("model_path", "official_checkpoint", "onnx_path"):
+        if key in arguments:  # "CKPT": a file that exists; anything else: a missing path
             value = arguments[key]
             arguments[key] = str(checkpoint if value == "CKPT" else tmp_path / value)
     saved_model_dir = tmp_path / "export"
@@ -425,6 +471,9 @@ def test_convert_app_writes_weights_and_prints_top1(small, tmp_path, capsys):
     checkpoint = _authors_checkpoint(model, tmp_path / "checkpoint.pth.tar")
     np.save(tmp_path / "photos.npy", photos(32))
     output = tmp_path / "weights" / "small.weights.h5"
+    output.parent.mkdir()
+    # What a killed conversion to the same file left: removed by this one.
+    (output.parent / ".small.partial-killed.weights.h5").write_bytes(b"half")
     results = convert_app.convert(
         str(checkpoint), "custom", str(output), model_config=SMALL_JSON,
         sanity_batch=str(tmp_path / "photos.npy"), preprocessing="imagenet",

@@ -115,6 +115,73 @@ def test_keras_saving_roundtrip(tmp_path):
     np.testing.assert_array_equal(to_numpy(loaded.inverse(z)), to_numpy(model.inverse(z)))
 
 
+def _assert_policy_survives_saving(model, tmp_path, compute_dtype):
+    """A `.keras` file, from_config and to_json all rebuild `model` with its dtype policy."""
+    x = preprocessed_photos(32, 2)
+    settle_batchnorm(model, x)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    rebuilt = [
+        keras.models.load_model(path),
+        kir.IRevNet.from_config(model.get_config()),
+        keras.models.model_from_json(model.to_json()),
+    ]
+    for other in rebuilt:
+        assert other.get_config()["dtype"] == model.get_config()["dtype"]
+        assert other.block_stack.compute_dtype == compute_dtype
+        assert other.block_stack.blocks[0].bottleneck.conv1.compute_dtype == compute_dtype
+    loaded = rebuilt[0]
+    assert keras.backend.standardize_dtype(loaded.features(x).dtype) == compute_dtype
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+
+
+def test_mixed_bfloat16_policy_survives_keras_file_and_config(tmp_path):
+    model = tiny(dtype="mixed_bfloat16")
+    assert model.get_config()["dtype"]["config"]["name"] == "mixed_bfloat16"
+    _assert_policy_survives_saving(model, tmp_path, "bfloat16")
+
+
+def test_float64_policy_survives_keras_file_and_config(tmp_path, float64_enabled):
+    model = tiny(dtype="float64")
+    assert model.get_config()["dtype"]["config"]["name"] == "float64"
+    _assert_policy_survives_saving(model, tmp_path, "float64")
+
+
+def test_unknown_image_size_takes_several_sizes():
+    # On TensorFlow the second size used to fail: psi computed h // b from a static None.
+    model = tiny(input_shape=(None, None, 3), classifier_activation=None)
+    assert model.feature_shape == (None, None, 64)
+    for size in (32, 48):
+        x = preprocessed_photos(size, 2)
+        settle_batchnorm(model, x, steps=1)
+        scores = model.predict(x, verbose=0)
+        np.testing.assert_allclose(scores, to_numpy(model(x)), rtol=1e-4, atol=1e-4)
+        z = model.features(x)
+        assert tuple(z.shape) == (2, size // 4, size // 4, 64)
+        assert relative_error(model.inverse(z), x) <= 1e-5
+        x_back = model.inverse_model().predict(to_numpy(z), verbose=0)
+        assert relative_error(x_back, x) <= 1e-5
+
+
+def test_symbolic_inverse_and_features_build_functional_models():
+    model = tiny()
+    x = preprocessed_photos(32, 3)
+    settle_batchnorm(model, x)
+    z = keras.Input(model.feature_shape)
+    inverse = keras.Model(z, model.inverse(z))
+    assert inverse.output_shape == (None, 32, 32, 3)
+    images = keras.Input(model.image_shape)
+    features = keras.Model(images, model.features(images))
+    assert features.output_shape == (None, 8, 8, 64)
+    phi = to_numpy(model.features(x))
+    np.testing.assert_allclose(to_numpy(features(x)), phi, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inverse.predict(phi, verbose=0), to_numpy(model.inverse(phi)),
+                               rtol=1e-5, atol=1e-5)
+    # Both in one graph: x -> Phi(x) -> x.
+    roundtrip = keras.Model(images, model.inverse(model.features(images)))
+    assert relative_error(roundtrip.predict(x, verbose=0), x) <= 1e-5
+
+
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
 def test_weights_argument_loads_file(tmp_path, suffix):
     model = tiny()
@@ -189,7 +256,8 @@ def test_error_init_ds():
 
 
 def test_error_weights_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.weights.h5"):
+    # ValueError, as Keras Applications raise for a `weights` path that does not exist.
+    with pytest.raises(ValueError, match="not found: .*nope.weights.h5"):
         tiny(weights=str(tmp_path / "nope.weights.h5"))
     with pytest.raises(ValueError, match=r"\.weights\.h5. or .\.keras. file"):
         tiny(weights="imagenet")
@@ -210,6 +278,64 @@ def test_error_inverse_wrong_shape():
         model.inverse(np.zeros((2, 8, 8, 63), "float32"))
     with pytest.raises(ValueError, match=r"features expects a batch of shape \(batch, 32, 32, 3\)"):
         model.features(np.zeros((2, 32, 32, 1), "float32"))
+
+
+@pytest.mark.parametrize("mult", [0, -1, 2.5, True])
+def test_error_mult_not_a_positive_integer(mult):
+    with pytest.raises(ValueError, match=rf"`mult` must be a positive integer .*got mult={mult!r}"):
+        tiny(mult=mult)
+
+
+def test_error_mult_leaves_no_hidden_width():
+    with pytest.raises(ValueError, match=r"`mult`=16 leaves no hidden width in the stage of 8 channels.*mult <= 8"):
+        tiny(mult=16)
+
+
+def test_error_integer_dtype_policy():
+    with pytest.raises(ValueError, match="`dtype` must be a floating-point policy .*got 'int32'"):
+        tiny(dtype="int32")
+
+
+def test_error_integer_images():
+    model = tiny()
+    pixels = preprocessed_photos(32, 2)  # floats: fine
+    model(pixels)
+    pixels = np.clip(pixels * 60 + 128, 0, 255).astype("uint8")
+    message = r"expects preprocessed floating-point images .*preprocess_input.*got dtype uint8"
+    with pytest.raises(ValueError, match=message):
+        model(pixels)
+    with pytest.raises(ValueError, match=message):
+        model.predict(pixels, verbose=0)
+    with pytest.raises(ValueError, match="irevnet.features " + message):
+        model.features(pixels)
+
+
+def test_error_unknown_size_model_given_indivisible_size():
+    model = tiny(input_shape=(None, None, 3))
+    x = preprocessed_photos(34, 1)[:, :, :32]  # 34 x 32
+    message = r"image height and width must be multiples of the model's total downsampling 4; got 34x32"
+    with pytest.raises(ValueError, match=message):
+        model(x)
+    with pytest.raises(ValueError, match=message):
+        model.predict(x, verbose=0)
+    with pytest.raises(ValueError, match="irevnet.features: " + message):
+        model.features(x)
+
+
+def test_error_indivisible_size_inside_a_traced_tensorflow_function():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only TensorFlow traces with unknown sizes (JAX and torch see concrete ones)")
+    import tensorflow as tf
+
+    model = tiny(input_shape=(None, None, 3))
+    traced = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    assert tuple(traced(preprocessed_photos(32, 1)).shape) == (1, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"height and width\] \[36 34\].*total downsampling 4"):
+        traced(preprocessed_photos(36, 1)[:, :, :34])
+    # predict retraces with relaxed shapes after the first size: the same run-time check.
+    model.predict(preprocessed_photos(32, 1), verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[34 34\].*total downsampling 4"):
+        model.predict(preprocessed_photos(34, 1), verbose=0)
 
 
 def test_error_float64_on_jax_without_x64():

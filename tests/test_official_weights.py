@@ -1,13 +1,18 @@
 """The authors' checkpoint layout: an independent NumPy reference, and a plain-torch model."""
 
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import keras_irevnet as kir
 from keras_irevnet.convert import read_state_dict
-from tests.helpers import preprocessed_photos, relative_error, to_numpy
+from tests.helpers import once_in, preprocessed_photos, relative_error, to_numpy
 
-# --- an independent NumPy i-RevNet, written from REFERENCE.md with torch-layout weights ----
+# --- an independent NumPy i-RevNet, written from the authors' code, torch-layout weights ---
 
 
 def np_conv3x3(x, w, stride):
@@ -166,7 +171,7 @@ def test_cifar_checkpoint_reproduces_reference(tmp_path):
 
     config = {k: v for k, v in CIFAR_CONFIG.items()}
     net = torch_reference(config, classes=10)
-    assert len(net.state_dict()) == 974  # REFERENCE.md's entry count for the CIFAR model
+    assert len(net.state_dict()) == 974  # the entry count of the authors' CIFAR checkpoint
     path = tmp_path / "cifar.pth.tar"
     save_official_checkpoint(net, path)
     model = kir.load_official_weights(kir.IRevNetCIFAR(classifier_activation=None), str(path))
@@ -233,7 +238,115 @@ def test_head_entries_without_top_hint():
 def test_checkpoint_file_loads_without_unpickling_objects(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": Exception("not a tensor")}, path)
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+    with pytest.raises(ValueError, match=r"(?i)Python objects \(\w*\.?Exception\).*weights_only.*unpickl"):
         read_state_dict(str(path))
-    with pytest.raises(FileNotFoundError):
-        read_state_dict(str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("entry", ["stack.0.bottleneck_block.0.weight", "linear.bias"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_refused_before_anything_is_assigned(entry, bad):
+    model = small_model()
+    before = [to_numpy(w) for w in model.weights]
+    sd = _mapping()
+    sd[entry] = sd[entry].copy()
+    sd[entry].flat[1] = bad
+    with pytest.raises(ValueError, match=rf"non-finite values .*: '{entry}' \(1 in all\)"):
+        kir.load_official_weights(model, sd)
+    _assert_untouched(model, before)
+
+
+def test_values_that_overflow_the_variable_dtype_are_refused():
+    model = small_model()
+    sd = _mapping()
+    sd["linear.bias"] = np.full(5, 1e300)  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match=r"non-finite values .*'linear.bias'"):
+        kir.load_official_weights(model, sd)
+
+
+def test_many_non_finite_entries_listed_with_their_count():
+    sd = {name: np.full(np.shape(value), np.nan) for name, value in _mapping().items()}
+    with pytest.raises(ValueError, match=r"non-finite values .* and \d+ more \(\d+ in all\)"):
+        kir.load_official_weights(small_model(), sd)
+
+
+def test_last_entry_failing_conversion_assigns_nothing():
+    # The last variable of the plan: values used to be converted inside the assignment loop,
+    # so every earlier variable was overwritten before this one failed.
+    model = small_model()
+    before = [to_numpy(w) for w in model.weights]
+    sd = _mapping()
+    sd["linear.bias"] = np.array(["a", "b", "c", "d", "e"])
+    with pytest.raises(ValueError, match=r"not numeric arrays: 'linear.bias' \(<U1\)"):
+        kir.load_official_weights(model, sd)
+    _assert_untouched(model, before)
+
+
+def _saved(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+def _truncated_checkpoint(path):
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in _mapping().items()}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _pickled_object(path):
+    import decimal
+    import pickle
+
+    with open(path, "wb") as stream:
+        pickle.dump({"state_dict": decimal.Decimal("1.5")}, stream, protocol=2)
+    return path
+
+
+BAD_CHECKPOINTS = {
+    "missing": (lambda path: path, r"not found"),
+    "empty": (lambda path: (path.write_bytes(b""), path)[1], r"is empty"),
+    "truncated": (_truncated_checkpoint, r"not a PyTorch checkpoint, or a truncated or damaged one"),
+    "random bytes": (
+        lambda path: (path.write_bytes(np.random.default_rng(0).bytes(4096)), path)[1],
+        r"not a PyTorch checkpoint, or a truncated or damaged one",
+    ),
+    "text": (
+        lambda path: (path.write_text("epoch 1: loss 0.3\n"), path)[1],
+        r"not a PyTorch checkpoint, or a truncated or damaged one",
+    ),
+    "pickled object": (_pickled_object, r"Python objects \(decimal.Decimal\) .*refuses to unpickle"),
+    "bare tensor": (lambda path: _saved(path, torch.ones(3)), r"holds a Tensor, not a state dict"),
+    "list": (lambda path: _saved(path, [torch.ones(3)]), r"holds a list, not a state dict"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+def test_bad_checkpoint_file_is_one_line_value_error_naming_it(tmp_path, kind):
+    make, reason = BAD_CHECKPOINTS[kind]
+    path = make(tmp_path / "checkpoint.pth.tar")
+    model = small_model()
+    before = [to_numpy(w) for w in model.weights]
+    with pytest.raises(ValueError) as error:
+        kir.load_official_weights(model, str(path))
+    message = str(error.value)
+    assert "\n" not in message and repr(str(path)) in message
+    assert re.search(reason, message), message
+    assert "expected a PyTorch checkpoint saved with torch.save holding a state dict" in message
+    _assert_untouched(model, before)
+
+
+@once_in("torch", "the program reads checkpoints with torch on every backend")
+def test_convert_program_reports_bad_checkpoint_in_one_line(tmp_path):
+    checkpoint = _truncated_checkpoint(tmp_path / "cut.pth.tar")
+    output = tmp_path / "out.weights.h5"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = {**os.environ, "PYTHONPATH": root}
+    result = subprocess.run(
+        [sys.executable, "-m", "applications.convert", f"--official_checkpoint={checkpoint}",
+         "--model=cifar", f"--output={output}"],
+        cwd=root, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert str(checkpoint) in result.stderr and "truncated or damaged" in result.stderr
+    assert not output.exists() and not [p for p in os.listdir(tmp_path) if ".partial-" in p]

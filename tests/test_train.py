@@ -1,24 +1,26 @@
-"""applications/train.py: argument checks, a short run on this backend, resumption, and the
-multi-device paths (TF MirroredStrategy on ImageNet, JAX DataParallel), each run as its own
-process because the CPU must be split into devices before the backend starts."""
+"""applications/train.py in this process: flags, a short run and its files, exact resumption,
+raising --epochs, refusals, divergence, damaged checkpoints and run records.
+
+Kills, file-size limits and multi-process runs are in test_train_faults.py.
+"""
 
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
+import re
 
 import keras
+import numpy as np
 import pytest
 
 from applications import train
 from applications.training import checkpoints, distribute, presets
-from tests.imagenet_fixture import write_manual_dir
+from applications.training.divergence import TrainingDiverged
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
+# Short runs: 3 epochs of 4 steps of 16 digits, checkpoints inside epochs every 3 steps.
+SHORT = dict(epochs=3, steps_per_epoch=4, checkpoint_every=3, batch_size=16, eval_steps=2,
+             inverse_images=8, monitor_images=8, verbose=0)
 
 
 def _args(**overrides):
@@ -27,20 +29,44 @@ def _args(**overrides):
     return train.resolve_arguments(values)
 
 
-def _history_epochs(model_dir):
+def _short(model_dir, **overrides):
+    return _args(**{**SHORT, "model_dir": str(model_dir), **overrides})
+
+
+def _history(model_dir):
     with open(os.path.join(model_dir, "history.csv")) as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
+        return list(csv.DictReader(f))
 
 
-def _run_program(flags, backend, env_extra=None, timeout=300):
-    env = dict(os.environ, KERAS_BACKEND=backend, **(env_extra or {}))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "applications.train", *flags],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result.stdout
+def _final_weights(model_dir):
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"))
+    return [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
+
+
+def _strict_json(path):
+    """The JSON in `path`, refusing the non-standard NaN / Infinity Python's json accepts."""
+
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(monkeypatch, step):
+    """Makes the next run stop right after global step `step` (its checkpoint included)."""
+    original = checkpoints.TrainingCheckpoint.on_train_batch_end
+
+    def stop(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.state.step == step:
+            raise _Interrupted
+
+    monkeypatch.setattr(checkpoints.TrainingCheckpoint, "on_train_batch_end", stop)
 
 
 # --- Bad input: clear errors before any slow work -------------------------------------------
@@ -51,6 +77,7 @@ def test_defaults_are_the_digits_recipe():
     assert (args["dataset"], args["model"], args["image_size"]) == ("digits", "tiny", 16)
     assert args["model_dir"] == os.path.join("runs", "irevnet_tiny_digits")
     assert args["weight_decay"] == 5e-4 and args["learning_rate"] == 0.1
+    assert args["checkpoint_every"] == 2500 and args["monitor_images"] == 32
     imagenet = _args(dataset="imagenet2012")
     assert (imagenet["model"], imagenet["image_size"], imagenet["batch_size"]) == (
         "bijective", 224, 256)
@@ -69,6 +96,13 @@ def test_image_size_the_model_cannot_take():
         _args(dataset="imagenet2012", image_size=48)
 
 
+@pytest.mark.parametrize("flag, value", [("checkpoint_every", -1), ("monitor_images", -2),
+                                         ("inverse_images", 0)])
+def test_negative_counts_are_refused(flag, value):
+    with pytest.raises(ValueError, match=f"--{flag} must not be negative, got {value}"):
+        _args(**{flag: value})
+
+
 def test_bad_schedule():
     with pytest.raises(ValueError, match="--schedule='weekly' is not understood"):
         _args(schedule="weekly")
@@ -81,13 +115,11 @@ def test_bad_schedule():
 
 @pytest.mark.parametrize("strategy", ["mirrored", "multi_worker", "data_parallel"])
 def test_strategy_the_backend_lacks(strategy, tmp_path):
-    args = _args(strategy=strategy, model_dir=str(tmp_path))
     if BACKEND in distribute.STRATEGIES[strategy]:
         pytest.skip(f"--strategy={strategy} is available on {BACKEND}")
-    started = time.time()
     with pytest.raises(ValueError, match=f"--strategy={strategy} needs the"):
-        train.run(args)
-    assert time.time() - started < 5 and not os.listdir(tmp_path)
+        train.run(_args(strategy=strategy, model_dir=str(tmp_path)))
+    assert not os.listdir(tmp_path)
 
 
 def test_missing_imagenet_archives_fail_first(tmp_path):
@@ -100,40 +132,8 @@ def test_missing_imagenet_archives_fail_first(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# --- The program on this backend: train, measure, save, resume -------------------------------
-
-
-def test_short_run_writes_everything_and_resumes(tmp_path):
-    model_dir = str(tmp_path / "run")
-    small = dict(epochs=2, steps_per_epoch=3, batch_size=16, eval_steps=2, inverse_images=8,
-                 validation_freq=1, verbose=0, model_dir=model_dir)
-    metrics = train.run(_args(**small))
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        assert json.load(f) == metrics
-    assert metrics["backend"] == BACKEND and metrics["epochs"] == 2
-    assert {"top1", "top5", "inverse_rel_error"} <= set(metrics)
-    assert metrics["inverse_rel_error"] < 1e-5
-    assert checkpoints.latest_checkpoint(model_dir)[0] == 2
-    assert _history_epochs(model_dir) == [0, 1]
-    assert os.listdir(os.path.join(model_dir, "logs"))
-    loaded = keras.saving.load_model(os.path.join(model_dir, "model.keras"))
-    assert loaded.image_shape == (16, 16, 3)
-
-    # Remove the last epoch's checkpoint: a new run redoes exactly that epoch.
-    os.remove(checkpoints.checkpoint_path(model_dir, 2))
-    metrics = train.run(_args(**small))
-    assert metrics["resumed_after_epoch"] == 1
-    assert _history_epochs(model_dir) == [0, 1]
-
-    # Other flags for the same model_dir are refused.
-    with pytest.raises(ValueError, match="--batch_size: was 16, now 32"):
-        train.run(_args(**dict(small, batch_size=32)))
-
-
 def test_coupled_weight_decay_matches_torch_sgd():
     """One step of CoupledWeightDecaySGD == torch.optim.SGD(momentum, weight_decay)."""
-    import numpy as np
-
     from applications.training.optimizer import CoupledWeightDecaySGD
 
     w0 = np.array([1.0, -2.0, 3.0], "float32")
@@ -151,85 +151,177 @@ def test_coupled_weight_decay_matches_torch_sgd():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), w, rtol=1e-6)
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason=(
-    "SIGKILL resumption is backend-independent (checkpoint files + restore); it runs once, "
-    "in the torch suite, which has no other subprocess test"))
-def test_resume_after_sigkill_mid_epoch(tmp_path):
-    model_dir = str(tmp_path / "run")
-    flags = [f"--model_dir={model_dir}", "--epochs=2", "--steps_per_epoch=25", "--batch_size=8",
-             "--eval_steps=1", "--inverse_images=8", "--validation_freq=0", "--verbose=2"]
-    env = dict(os.environ, KERAS_BACKEND=BACKEND)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "applications.train", *flags], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 240
-        while checkpoints.latest_checkpoint(model_dir)[0] < 1:
-            assert process.poll() is None and time.time() < deadline, "no first checkpoint"
-            time.sleep(0.2)
-        time.sleep(0.5)  # into the second epoch
-        assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-    killed_at = checkpoints.latest_checkpoint(model_dir)[0]
-    assert killed_at in (1, 2)
-    out = _run_program(flags, BACKEND)
-    assert f"Resuming after epoch {killed_at}" in out
-    assert _history_epochs(model_dir) == [0, 1]  # each epoch once
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        assert json.load(f)["resumed_after_epoch"] == killed_at
+# --- A run, its files, and what the inversion monitor logs -----------------------------------
 
 
-# --- Multi-device paths, each in a fresh process ---------------------------------------------
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """One uninterrupted short run: (model_dir, metrics). Tests copy it before changing it."""
+    model_dir = tmp_path_factory.mktemp("whole") / "run"
+    keras.utils.set_random_seed(1234)
+    return model_dir, train.run(_short(model_dir))
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason=(
-    "MirroredStrategy needs the TensorFlow backend; the process runs with "
-    "KERAS_BACKEND=tensorflow, once, in the TensorFlow suite"))
-def test_imagenet_from_manual_dir_mirrored_over_two_cpus_and_resume(tmp_path):
-    manual = str(tmp_path / "manual")
-    written = write_manual_dir(manual)
-    model_dir = str(tmp_path / "run")
-    flags = ["--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}",
-             f"--manual_dir={manual}", "--model=tiny", "--image_size=32", "--batch_size=4",
-             "--epochs=2", "--steps_per_epoch=2", "--strategy=mirrored", "--cpu_devices=2",
-             f"--model_dir={model_dir}", "--inverse_images=4", "--verbose=2"]
-    out = _run_program(flags, "tensorflow")
-    assert "strategy mirrored over 2 replica(s)" in out
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    assert metrics["replicas"] == 2 and metrics["epochs"] == 2
-    assert metrics["validation_images"] == len(written["validation"])
-    assert metrics["inverse_rel_error"] < 1e-5 and "top5" in metrics
-    assert _history_epochs(model_dir) == [0, 1]
-    # tfds built the real imagenet2012 from the archives.
-    assert os.path.isdir(tmp_path / "tfds" / "imagenet2012" / "5.1.0")
+def _copy_of(run, tmp_path):
+    import shutil
 
-    os.remove(checkpoints.checkpoint_path(model_dir, 2))  # the last epoch's progress
-    out = _run_program(flags, "tensorflow")
-    assert "Resuming after epoch 1" in out and "Epoch 2/2" in out and "Epoch 1/2" not in out
-    assert _history_epochs(model_dir) == [0, 1]
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        assert json.load(f)["resumed_after_epoch"] == 1
+    copy = tmp_path / "run"
+    shutil.copytree(run[0], copy)
+    return copy
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason=(
-    "keras.distribution.DataParallel is JAX-only; the process runs with KERAS_BACKEND=jax, "
-    "once, in the JAX suite"))
-def test_jax_data_parallel_over_two_cpu_devices(tmp_path):
-    model_dir = str(tmp_path / "run")
-    out = _run_program(
-        [f"--model_dir={model_dir}", "--strategy=data_parallel", "--cpu_devices=2",
-         "--epochs=1", "--steps_per_epoch=4", "--batch_size=16", "--eval_steps=2",
-         "--inverse_images=16", "--verbose=2"],
-        "jax",
-    )
-    assert "strategy data_parallel over 2 replica(s)" in out
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    assert metrics["replicas"] == 2 and metrics["inverse_rel_error"] < 1e-5
+def test_short_run_writes_everything_as_standard_json(whole_run):
+    model_dir, metrics = whole_run
+    assert _strict_json(model_dir / "metrics.json") == metrics
+    assert _strict_json(model_dir / "run_config.json")["batch_size"] == 16
+    assert metrics["backend"] == BACKEND and metrics["epochs"] == 3 and metrics["steps"] == 12
+    assert metrics["inverse_rel_error"] < 1e-5
+    # Each epoch once, with the inversion error of its validation.
+    rows = _history(model_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(0 < float(r["val_inverse_rel_error"]) < 1e-5 for r in rows)
+    # The newest two checkpoints: the end of epoch 3 (step 12) and step 9 inside it.
+    assert [step for step, _ in checkpoints.list_checkpoints(model_dir)] == [12, 9]
+    loaded = keras.saving.load_model(model_dir / "model.keras")
+    assert loaded.image_shape == (16, 16, 3)
+    assert not [n for _, _, names in os.walk(model_dir) for n in names if ".partial-" in n]
+
+
+def test_tensorboard_gets_the_inversion_error_and_reconstructions(whole_run):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    def run_log(run):
+        accumulator = event_accumulator.EventAccumulator(
+            str(whole_run[0] / "logs" / run), size_guidance={"tensors": 0})
+        accumulator.Reload()
+        return accumulator
+
+    errors = run_log("validation").Tensors("epoch_inverse_rel_error")
+    assert [e.step for e in errors] == [0, 1, 2]
+    images = run_log("inversion").Tensors("original | inverse(features(x)) | difference")
+    assert [e.step for e in images] == [0, 1, 2]
+    # An image summary holds width, height, then the encoded PNGs (4 shown).
+    assert len(images[0].tensor_proto.string_val) == 2 + 4
+
+
+# --- Resumption ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_at, resumed", [(5, 4), (7, 6)])
+def test_interrupted_run_ends_with_the_weights_of_an_uninterrupted_one(
+        whole_run, tmp_path, monkeypatch, stop_at, resumed):
+    """Stopped after step 5 it resumes from the end of epoch 1 (step 4); after step 7, from
+    the checkpoint inside epoch 2 (step 6, with the data, metric sums and seeds of step 6)."""
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_at)
+        with pytest.raises(_Interrupted):
+            train.run(_short(tmp_path / "cut"))
+    metrics = train.run(_short(tmp_path / "cut"))
+    assert metrics["resumed_after_step"] == resumed
+    # Bit for bit on every backend (CPU): same data from the same step, same state.
+    for whole, cut in zip(_final_weights(whole_run[0]), _final_weights(tmp_path / "cut")):
+        np.testing.assert_array_equal(whole, cut)
+    assert _history(whole_run[0]) == _history(tmp_path / "cut")
+
+
+def test_epochs_can_be_raised_and_keep_the_schedule_of_the_steps_trained(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    train.run(_short(model_dir, epochs=2))  # auto: x0.2 at 30, 60, 80 % of 8 steps
+    assert _strict_json(model_dir / "run_config.json")["schedule_boundaries"] == [2, 5, 6]
+    metrics = train.run(_short(model_dir, epochs=3))
+    assert "--epochs changed from 2 to 3" in capsys.readouterr().out
+    assert metrics["resumed_after_step"] == 8 and metrics["steps"] == 12
+    record = _strict_json(model_dir / "run_config.json")
+    assert record["schedule_boundaries"] == [2, 5, 6] and record["epochs"] == 3
+    assert [int(r["epoch"]) for r in _history(model_dir)] == [0, 1, 2]
+    # Exactly a 3-epoch run with the schedule of the first 2 epochs, written out.
+    train.run(_short(tmp_path / "direct", schedule="steps:2,5,6:0.2"))
+    for a, b in zip(_final_weights(model_dir), _final_weights(tmp_path / "direct")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_refusals_name_flags_that_exist(whole_run, tmp_path):
+    model_dir = _copy_of(whole_run, tmp_path)
+    with pytest.raises(ValueError) as error:
+        train.run(_short(model_dir, batch_size=32, learning_rate=0.05))
+    message = str(error.value)
+    assert "--batch_size: was 16, now 32" in message and "--learning_rate" in message
+    named = set(re.findall(r"--([a-z_]+)", message))
+    assert named and named <= set(train.FLAG_NAMES), named - set(train.FLAG_NAMES)
+    # A schedule that would change the rate of steps already trained is refused by name...
+    with pytest.raises(ValueError, match="--schedule='steps:2:0.1' changes the learning rate"):
+        train.run(_short(model_dir, epochs=4, schedule="steps:2:0.1"))
+    # ... one that keeps the boundaries behind (auto over 3 epochs: steps 4, 7, 10) and only
+    # adds one ahead is taken.
+    metrics = train.run(_short(model_dir, epochs=4, schedule="steps:4,7,10,14:0.2"))
+    assert metrics["steps"] == 16
+    assert _strict_json(model_dir / "run_config.json")["schedule_boundaries"] == [4, 7, 10, 14]
+
+
+# --- Divergence ------------------------------------------------------------------------------
+
+
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    model_dir = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as error:
+        train.run(_short(model_dir, learning_rate=1e6, checkpoint_every=1))
+    message = str(error.value)
+    assert re.search(r"after step \d+ \(epoch 1, step \d+ of 4\)", message), message
+    # Every checkpoint left is finite: the last good state, and nothing after it.
+    kept = checkpoints.list_checkpoints(model_dir)
+    assert kept, "the steps before the divergence were checkpointed"
+    model = presets.build_model("tiny", 16, 10)
+    for _, path in kept:
+        model.load_weights(path)
+        assert all(np.all(np.isfinite(keras.ops.convert_to_numpy(w))) for w in model.weights)
+    # The run ended: nothing claims it finished.
+    assert not (model_dir / "metrics.json").exists() and not (model_dir / "model.keras").exists()
+    advice = train._divergence_advice(_short(model_dir, learning_rate=1e6))
+    assert f"The newest checkpoint, step {kept[0][0]}" in advice
+    assert "--learning_rate (this run: 1000000.0)" in advice
+
+
+# --- Damaged files ---------------------------------------------------------------------------
+
+
+def _truncate(path, keep=0.5):
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep))
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_one_before(whole_run, tmp_path, capsys):
+    model_dir = _copy_of(whole_run, tmp_path)
+    (newest, newest_path), (older, _) = checkpoints.list_checkpoints(model_dir)
+    _truncate(newest_path)
+    metrics = train.run(_short(model_dir))
+    out = capsys.readouterr().out
+    assert f"Checkpoint {newest_path} is unreadable" in out
+    assert f"resuming from the older step-{older:09d}.weights.h5 (step {older})" in out
+    assert metrics["resumed_after_step"] == older and metrics["steps"] == newest
+    # The redone steps give what the lost checkpoint held.
+    for a, b in zip(_final_weights(model_dir), _final_weights(whole_run[0])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_readable_checkpoint_is_one_clear_error(whole_run, tmp_path):
+    model_dir = _copy_of(whole_run, tmp_path)
+    paths = [path for _, path in checkpoints.list_checkpoints(model_dir)]
+    _truncate(paths[0])
+    with open(paths[1], "wb"):
+        pass  # emptied
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        train.run(_short(model_dir))
+    message = str(error.value)
+    assert "\n" not in message and all(path in message for path in paths)
+    assert "Remove the directory" in message
+
+
+def test_corrupt_run_config_is_named_with_what_to_do(whole_run, tmp_path):
+    model_dir = _copy_of(whole_run, tmp_path)
+    (model_dir / "run_config.json").write_text('{"dataset": "digits", ')  # cut short
+    with pytest.raises(ValueError) as error:
+        train.run(_short(model_dir))
+    message = str(error.value)
+    assert str(model_dir / "run_config.json") in message and "not valid JSON" in message
+    assert "delete it to resume" in message

@@ -42,6 +42,8 @@ def make_dataset(
     data_dir=None,
     manual_dir=None,
     prepare=True,
+    start_step=0,
+    shard=None,
 ):
     """A batched, prefetched tf.data pipeline of one split of a dataset.
 
@@ -67,6 +69,15 @@ def make_dataset(
         prepare: check that the dataset is prepared or preparable (ImageNet: the archives
             are in the manual_dir) and run tfds' download_and_prepare when it is not prepared
             yet. False reads what tfds has (or what `tfds.testing.mock_data` provides).
+        start_step: global batches a training run has already consumed: the pipeline starts
+            where that run's stopped, so a resumed run sees exactly the batches an
+            uninterrupted one would (with a `seed`; the skipped images are read, not decoded).
+        shard: (i, W) when each of W workers of a multi-worker strategy reads its own
+            pipeline: worker i keeps the i-th contiguous W-th of every global batch and decodes
+            only those images, so together the workers train on exactly the global batches of
+            a one-process run. The batches stay global-sized for Keras (TensorFlow's
+            distribution splits them into per-replica batches; its own sharding is turned
+            off).
 
     Returns:
         A `Split`: `dataset` yields (float32 images (batch, size, size, 3), int64 labels).
@@ -77,6 +88,10 @@ def make_dataset(
     repeat = training if repeat is None else repeat
     image_size = spec.default_image_size if image_size is None else int(image_size)
     check_batch_size(batch_size, num_replicas)
+    if not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+    if start_step and not (training and repeat):
+        raise ValueError("start_step applies to repeated training pipelines only.")
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}.")
     deterministic = seed is not None if deterministic is None else bool(deterministic)
@@ -108,21 +123,43 @@ def make_dataset(
         )
     # A seed pair per image for the stateless augmentations, fresh each epoch.
     dataset = tf.data.Dataset.zip((dataset, seeds))
+    if repeat:
+        dataset = dataset.repeat()
+    # Positioning and sharding act on the undecoded stream: cheap, and the same elements in
+    # the same order as a run that never stopped or ran in one process.
+    dataset = dataset.skip(start_step * batch_size)
+    if shard is not None:
+        dataset = _take_share(dataset, batch_size, *shard)
     transform = _transform(spec.kind, image_size, training)
     dataset = dataset.map(
         lambda example, pair: transform(example[0], example[1], pair),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    if repeat:
-        dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=training)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
+    if shard is not None:
+        # The share is taken above; TensorFlow must not shard it again.
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
     dataset = dataset.with_options(options)
-    steps = count // batch_size if training else -(-count // batch_size)
+    # Training, and shares of batches, keep full batches only.
+    steps = count // batch_size if training or shard else -(-count // batch_size)
     return Split(dataset, count, steps, spec.classes, image_size)
+
+
+def _take_share(dataset, batch_size, index, count):
+    """Worker `index` of `count` keeps elements [i*B/W, (i+1)*B/W) of every global batch."""
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size {batch_size} is the global batch and must divide evenly over the "
+            f"{count} workers."
+        )
+    dataset = dataset.batch(batch_size // count, drop_remainder=True)
+    return dataset.shard(count, index).unbatch()
 
 
 def check_batch_size(batch_size, num_replicas):

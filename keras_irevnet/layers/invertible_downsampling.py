@@ -48,7 +48,7 @@ class InvertibleDownsampling(keras.layers.Layer):
         b = self.block_size
         if b == 1:
             return inputs
-        _, h, w, c = inputs.shape
+        h, w, c = _spatial_sizes(inputs)
         x = ops.reshape(inputs, (-1, h // b, b, w // b, b, c))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         return ops.reshape(x, (-1, h // b, w // b, b * b * c))
@@ -58,7 +58,7 @@ class InvertibleDownsampling(keras.layers.Layer):
         b = self.block_size
         if b == 1:
             return outputs
-        _, h, w, c = outputs.shape
+        h, w, c = _spatial_sizes(outputs)
         x = ops.reshape(outputs, (-1, h, w, b, b, c // (b * b)))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         return ops.reshape(x, (-1, h * b, w * b, c // (b * b)))
@@ -86,3 +86,19 @@ class InvertibleDownsampling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "block_size": self.block_size}
+
+
+def _spatial_sizes(x):
+    """(height, width, channels) of a channels-last batch, as Python ints where known.
+
+    A model built with input_shape=(None, None, C) is traced by TensorFlow with unknown
+    height and width (after the first image size, `predict` retraces with relaxed shapes);
+    only then are the sizes read from the run-time shape. Static sizes keep the reshapes
+    fully static, which XLA and the other backends prefer.
+    """
+    _, h, w, c = x.shape
+    if h is None or w is None:
+        dynamic = ops.shape(x)
+        h = dynamic[1] if h is None else h
+        w = dynamic[2] if w is None else w
+    return h, w, c

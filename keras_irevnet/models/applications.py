@@ -2,7 +2,7 @@
 
 from keras_irevnet.models.irevnet import IRevNet
 
-# The configurations of ../shared/REFERENCE.md (the authors' code) and our choice for (a).
+# The configurations of the authors' released code (pytorch-i-revnet), and our choice for (a).
 CIFAR_CONFIG = dict(
     blocks=(18, 18, 18), strides=(1, 2, 2), channels=(16, 64, 256), init_ds=0, dropout=0.1
 )
@@ -18,8 +18,9 @@ _COMMON_DOC = """
         include_top: whether to add the head (BN -> ReLU -> global average pool -> Dense).
             Without it the model returns Phi(x), or its pooled version (see `pooling`).
         weights: None (random init, PyTorch's scheme) or the path of a `.weights.h5` /
-            `.keras` file. The authors' PyTorch checkpoints load with
-            `keras_irevnet.load_official_weights`.
+            `.keras` file. A missing or unreadable file, or one saved from a different
+            i-RevNet (see `IRevNet.load_weights`), raises a ValueError. The authors' PyTorch
+            checkpoints load with `keras_irevnet.load_official_weights`.
         input_tensor: optional `keras.Input` to use as the model's input.
         input_shape: (height, width, channels), channels-last; height and width must be
             multiples of the total downsampling ({downsampling}). Defaults to {default_shape}.

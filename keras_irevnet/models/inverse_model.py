@@ -12,7 +12,8 @@ class InverseModel(keras.Model):
     `compile(jit_compile=...)`), batching and a progress bar: `predict` runs the inverse about
     as fast as `IRevNet.predict` runs the forward pass.
 
-    Build it with `IRevNet.inverse_model()`; it has no weights of its own, so it sees every
+    Build it with `IRevNet.inverse_model()` (or get one as a layer of a functional model from
+    `IRevNet.inverse` applied to a `keras.Input`); it has no weights of its own, so it sees every
     later change to the i-RevNet's weights. It is for inference only (no `fit`).
     """
 
@@ -27,4 +28,12 @@ class InverseModel(keras.Model):
         self.built = True
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0],) + tuple(self.irevnet.image_shape)
+        # From the input where the model's own image size is unknown (input_shape=(None,
+        # None, C)): the inverse undoes `total_downsampling` on both sides.
+        factor = self.irevnet.total_downsampling
+        height, width, channels = self.irevnet.image_shape
+        if height is None and input_shape[1] is not None:
+            height = input_shape[1] * factor
+        if width is None and input_shape[2] is not None:
+            width = input_shape[2] * factor
+        return (input_shape[0], height, width, channels)
