@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS := tensorflow jax torch
 
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test test-quick lint benchmark
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,9 @@ demo: setup
 	$(PY) -m applications.export --model_path=$(RUN_DIR)/model.keras \
 		--saved_model_dir=$(RUN_DIR)/saved_model --onnx_path=$(RUN_DIR)/onnx
 
-# One pytest process per backend; all three run, and the target fails if any failed.
-test: setup
+# Lint and format check (ruff, configured in pyproject.toml), then one pytest process per
+# backend; all three run, and the target fails if any failed.
+test: lint
 	@failed=""; \
 	for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend"; \
@@ -35,6 +36,14 @@ test: setup
 			|| failed="$$failed $$backend"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The same without the tests marked slow (programs in subprocesses, long runs): minutes.
+test-quick: setup
+	$(MAKE) test PYTEST_ARGS='-m "not slow" $(PYTEST_ARGS)'
 
 # Speed against a plain-torch i-RevNet on this machine (README "Performance"); about an hour.
 # BENCHMARK_ARGS=--quick for a short version.

@@ -4,7 +4,6 @@ Importing it defines no absl flags (`define_shared_flags` does, when a program c
 both programs and the tests can import this module freely.
 """
 
-import json
 import os
 
 import numpy as np
@@ -22,13 +21,15 @@ def define_shared_flags(output_subdir):
 
     flags.DEFINE_string("model_path", DEFAULT_MODEL_PATH, "A .keras file from applications.train.")
     flags.DEFINE_string(
-        "dataset", "digits",
+        "dataset",
+        "digits",
         "digits (scikit-learn, offline), cifar10, cifar100 or imagenet2012 (tfds): the "
         "dataset the model was trained on.",
     )
     flags.DEFINE_string("data_dir", None, "tfds data directory (default ~/tensorflow_datasets).")
     flags.DEFINE_string(
-        "output_dir", None,
+        "output_dir",
+        None,
         f"Where the figures and JSON go (default: <model dir>/{output_subdir}).",
     )
     flags.DEFINE_integer("num_images", 8, "Images shown in reconstructions.png.")
@@ -42,8 +43,7 @@ def load_model(model_path):
     """The i-RevNet saved by the training program (a `.keras` file), ready for inference."""
     if not model_path or not model_path.endswith(".keras"):
         raise ValueError(
-            f"--model_path must be a .keras file written by applications.train, got "
-            f"{model_path!r}."
+            f"--model_path must be a .keras file written by applications.train, got {model_path!r}."
         )
     if not os.path.isfile(model_path):
         raise FileNotFoundError(
@@ -73,8 +73,14 @@ def load_arrays(dataset, split, count, model, data_dir=None, batch_size=64):
             "images; analyse it with arrays through keras_irevnet.analysis instead."
         )
     pipeline = data.make_dataset(
-        dataset, split, batch_size, image_size=height, training=False, repeat=False,
-        seed=0, data_dir=data_dir,
+        dataset,
+        split,
+        batch_size,
+        image_size=height,
+        training=False,
+        repeat=False,
+        seed=0,
+        data_dir=data_dir,
     )
     images, labels, held = [], [], 0
     for x, y in pipeline.dataset:

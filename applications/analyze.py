@@ -18,7 +18,6 @@ jacobian_singular_values [decreasing], and more detail beside them.
 """
 
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -34,15 +33,18 @@ def define_flags():
     analysis_common.define_shared_flags("analysis")
     flags.adopt_module_key_flags(analysis_common)  # so --helpshort lists them too
     flags.DEFINE_integer(
-        "num_train", 2000,
+        "num_train",
+        2000,
         "Training images the classifiers (and PCA) are fitted on (at most the split's size).",
     )
     flags.DEFINE_integer(
-        "num_test", 1000,
+        "num_test",
+        1000,
         "Validation images the classifiers are scored on and inversion is measured on.",
     )
     flags.DEFINE_integer(
-        "jacobian_k", 0,
+        "jacobian_k",
+        0,
         "How many of the largest Jacobian singular values to compute by the matrix-free "
         "Lanczos method; 0: all of them (dense Jacobian) when the image has at most 4096 "
         "numbers, else the top 64.",
@@ -83,97 +85,34 @@ def _stage(verbose, text):
 
 def run(args):
     """Runs the five analyses, writes the figures and analysis.json; returns the results."""
-    import math
+    import keras
 
-    import numpy as np
-
-    from applications import figures
-    from applications.analysis_common import (
-        default_output_dir,
-        load_arrays,
-        load_model,
-        write_json,
-    )
+    from applications.analysis_common import default_output_dir, load_model, write_json
     from applications.invert import inversion_analyses
-    from keras_irevnet import analysis
-    from keras_irevnet.analysis.stability import MAX_DENSE_INPUTS
 
     started = time.time()
     pca_dims = _check(args)
-    verbose = args["verbose"]
     model = load_model(args["model_path"])
     output_dir = args["output_dir"] or default_output_dir(args["model_path"], "analysis")
-    x_test, y_test = load_arrays(
-        args["dataset"], "validation",
-        max(args["num_test"], args["num_images"], 2 * args["num_pairs"],
-            args["jacobian_image"] + 1),
-        model, data_dir=args["data_dir"], batch_size=args["batch_size"],
-    )
-    x_train, y_train = load_arrays(
-        args["dataset"], "train", args["num_train"], model, data_dir=args["data_dir"],
-        batch_size=args["batch_size"],
-    )
-    classes = len(np.unique(np.concatenate([y_train, y_test])))
-    chance = 1.0 / classes
-    _stage(verbose, f"{args['dataset']}: {len(x_train)} training and {len(x_test)} validation "
-                    f"images of shape {x_test.shape[1:]}, {classes} classes.")
+    data = _load_data(args, model)
+    chance = 1.0 / data["classes"]
 
     # 1 and 2: inversion and interpolation.
-    results = inversion_analyses(
-        model, x_test, y_test, output_dir, args["num_images"], args["num_pairs"],
-        args["steps"], batch_size=args["batch_size"], verbose=verbose,
+    inversion = inversion_analyses(
+        model,
+        data["x_test"],
+        data["y_test"],
+        output_dir,
+        args["num_images"],
+        args["num_pairs"],
+        args["steps"],
+        batch_size=args["batch_size"],
+        verbose=args["verbose"],
     )
-    paths = results.pop("figures")
-
-    # 3: local stability at one natural (validation) image.
-    n = math.prod(model.image_shape)
-    k = args["jacobian_k"] or (None if n <= MAX_DENSE_INPUTS else 64)
-    if k is not None and k >= min(n, math.prod(model.feature_shape)):
-        k = None
-    _stage(verbose, "Jacobian of Phi at a validation image: "
-                    + ("all singular values (dense)" if k is None else f"top {k} (Lanczos)"))
-    image = x_test[args["jacobian_image"]]
-    values = analysis.jacobian_singular_values(model, image, k=k, verbose=verbose)
-    paths["singular_values"] = figures.plot_singular_values(
-        values, os.path.join(output_dir, "singular_values.png"),
-        title="Local stability: singular values of ∂Φ/∂x at a validation image"
-        + ("" if k is None else f" (top {k})"),
-    )
-
-    # 4: progressive separation; the last block's features serve 5 as well.
-    _stage(verbose, "Features after every block (spatially averaged): training images")
-    train_features = analysis.block_features(model, x_train, batch_size=args["batch_size"],
-                                             verbose=verbose)
-    _stage(verbose, "... and validation images")
-    test_features = analysis.block_features(model, x_test, batch_size=args["batch_size"],
-                                            verbose=verbose)
-    _stage(verbose, "1-NN and linear SVM per block")
-    separability = analysis.progressive_separation(
-        train_features, y_train, test_features, y_test, svm_c=args["svm_c"], verbose=verbose
-    )
-    paths["separation"] = figures.plot_separation(
-        separability, os.path.join(output_dir, "separation.png"), chance=chance
-    )
-
-    # 5: contraction of the final representation.
-    last = max(train_features)
-    _stage(verbose, "1-NN and linear SVM on the first d principal components of the final "
-                    "features")
-    if pca_dims is not None:
-        limit = min(train_features[last].shape[1], len(x_train))
-        too_big = [d for d in pca_dims if d > limit]
-        if too_big:
-            raise ValueError(
-                f"--pca_dims {too_big} exceed the {limit} components available (final features "
-                f"have {train_features[last].shape[1]} numbers, {len(x_train)} training images)."
-            )
-    pca = analysis.pca_contraction(
-        train_features[last], y_train, test_features[last], y_test, dims=pca_dims,
-        svm_c=args["svm_c"], verbose=verbose,
-    )
-    paths["pca"] = figures.plot_pca(pca, os.path.join(output_dir, "pca.png"), chance=chance)
-
-    import keras
+    paths = inversion.pop("figures")
+    jacobian, paths["singular_values"] = _stability(args, model, data, output_dir)
+    separability, features, paths["separation"] = _separation(args, model, data, output_dir, chance)
+    pca, paths["pca"] = _contraction(args, data, features, pca_dims, output_dir, chance)
 
     results = {
         "model_path": args["model_path"],
@@ -181,29 +120,128 @@ def run(args):
         "backend": keras.backend.backend(),
         "image_shape": list(model.image_shape),
         "feature_shape": list(model.feature_shape),
-        "blocks": len(model.block_stack.blocks),
-        "num_train": int(len(x_train)),
-        "num_test": int(len(x_test)),
+        "blocks": len(model.block_outputs),
+        "num_train": int(len(data["x_train"])),
+        "num_test": int(len(data["x_test"])),
         "chance": chance,
-        **results,
+        **inversion,
         "separability": separability,
         "pca": pca,
-        "jacobian_singular_values": [float(v) for v in values],
-        "jacobian": {
-            "image_index": args["jacobian_image"],
-            "method": "dense" if k is None else "lanczos",
-            "count": int(len(values)),
-            "largest": float(values[0]),
-            "smallest": float(values[-1]),
-            "ratio_largest_to_smallest": float(values[0] / values[-1]) if values[-1] > 0
-            else float("inf"),
-        },
+        "jacobian_singular_values": jacobian.pop("values"),
+        "jacobian": jacobian,
         "figures": paths,
         "seconds": round(time.time() - started, 1),
     }
     results["json"] = write_json(os.path.join(output_dir, "analysis.json"), results)
     print(summary(results), flush=True)
     return results
+
+
+def _load_data(args, model):
+    """The validation and training images the analyses use, and the number of classes."""
+    import numpy as np
+
+    from applications.analysis_common import load_arrays
+
+    needed = max(
+        args["num_test"], args["num_images"], 2 * args["num_pairs"], args["jacobian_image"] + 1
+    )
+    common = dict(model=model, data_dir=args["data_dir"], batch_size=args["batch_size"])
+    x_test, y_test = load_arrays(args["dataset"], "validation", needed, **common)
+    x_train, y_train = load_arrays(args["dataset"], "train", args["num_train"], **common)
+    classes = len(np.unique(np.concatenate([y_train, y_test])))
+    _stage(
+        args["verbose"],
+        f"{args['dataset']}: {len(x_train)} training and {len(x_test)} "
+        f"validation images of shape {x_test.shape[1:]}, {classes} classes.",
+    )
+    return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, classes=classes)
+
+
+def _stability(args, model, data, output_dir):
+    """3: the singular values of the Jacobian of Phi at one validation image."""
+    import math
+
+    from applications import figures
+    from keras_irevnet import analysis
+    from keras_irevnet.analysis.stability import MAX_DENSE_INPUTS
+
+    n = math.prod(model.image_shape)
+    k = args["jacobian_k"] or (None if n <= MAX_DENSE_INPUTS else 64)
+    if k is not None and k >= min(n, math.prod(model.feature_shape)):
+        k = None
+    method = "all singular values (dense)" if k is None else f"top {k} (Lanczos)"
+    _stage(args["verbose"], f"Jacobian of Phi at a validation image: {method}")
+    image = data["x_test"][args["jacobian_image"]]
+    values = analysis.jacobian_singular_values(model, image, k=k, verbose=args["verbose"])
+    path = figures.plot_singular_values(
+        values,
+        os.path.join(output_dir, "singular_values.png"),
+        title="Local stability: singular values of ∂Φ/∂x at a validation image"
+        + ("" if k is None else f" (top {k})"),
+    )
+    summary = {
+        "values": [float(v) for v in values],
+        "image_index": args["jacobian_image"],
+        "method": "dense" if k is None else "lanczos",
+        "count": int(len(values)),
+        "largest": float(values[0]),
+        "smallest": float(values[-1]),
+        "ratio_largest_to_smallest": float(values[0] / values[-1])
+        if values[-1] > 0
+        else float("inf"),
+    }
+    return summary, path
+
+
+def _separation(args, model, data, output_dir, chance):
+    """4: 1-NN and linear SVM on each block's averaged features; returns the features too."""
+    from applications import figures
+    from keras_irevnet import analysis
+
+    verbose, batch_size = args["verbose"], args["batch_size"]
+    _stage(verbose, "Features after every block (spatially averaged): training images")
+    train = analysis.block_features(model, data["x_train"], batch_size=batch_size, verbose=verbose)
+    _stage(verbose, "... and validation images")
+    test = analysis.block_features(model, data["x_test"], batch_size=batch_size, verbose=verbose)
+    _stage(verbose, "1-NN and linear SVM per block")
+    separability = analysis.progressive_separation(
+        train, data["y_train"], test, data["y_test"], svm_c=args["svm_c"], verbose=verbose
+    )
+    path = figures.plot_separation(
+        separability, os.path.join(output_dir, "separation.png"), chance=chance
+    )
+    return separability, (train, test), path
+
+
+def _contraction(args, data, features, pca_dims, output_dir, chance):
+    """5: the same classifiers on the first d principal components of the last features."""
+    from applications import figures
+    from keras_irevnet import analysis
+
+    train, test = (f[max(f)] for f in features)
+    _stage(
+        args["verbose"],
+        "1-NN and linear SVM on the first d principal components of the final features",
+    )
+    if pca_dims is not None:
+        limit = min(train.shape[1], len(train))
+        too_big = [d for d in pca_dims if d > limit]
+        if too_big:
+            raise ValueError(
+                f"--pca_dims {too_big} exceed the {limit} components available (final features "
+                f"have {train.shape[1]} numbers, {len(train)} training images)."
+            )
+    pca = analysis.pca_contraction(
+        train,
+        data["y_train"],
+        test,
+        data["y_test"],
+        dims=pca_dims,
+        svm_c=args["svm_c"],
+        verbose=args["verbose"],
+    )
+    return pca, figures.plot_pca(pca, os.path.join(output_dir, "pca.png"), chance=chance)
 
 
 def summary(results):
@@ -227,17 +265,7 @@ def summary(results):
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        run({name: FLAGS[name].value for name in FLAG_NAMES})
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    FLAG_NAMES = define_flags()
-    app.run(main)
+    from applications.cli import main_for
+
+    app.run(main_for(run, define_flags()))

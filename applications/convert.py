@@ -15,116 +15,31 @@ conversion is right (a wrong layout gives near-uniform, image-independent predic
 Runs on any Keras backend; torch is needed to read the checkpoint file.
 """
 
-import json
 import os
 import sys
 
 from absl import app, flags
 
-# The model names the applications accept, and the preprocessing each was trained with.
-MODEL_NAMES = ("bijective", "injective", "cifar", "custom")
-_PREPROCESSING = {"bijective": "imagenet", "injective": "imagenet", "cifar": "cifar"}
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+from applications.images import IMAGE_EXTENSIONS, image_files, load_image
+from applications.models import (
+    build_model,
+    define_model_flags,
+    parse_model_arguments,
+    preprocessing_mode,
 )
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-
-def define_model_flags():
-    """The flags that pick an architecture (shared with applications/export.py)."""
-    flags.DEFINE_string(
-        "model",
-        None,
-        f"Architecture: one of {', '.join(MODEL_NAMES)}. bijective / injective / cifar are "
-        "kir.IRevNetBijective / IRevNetInjective / IRevNetCIFAR; custom is kir.IRevNet with "
-        "the arguments of --model_config.",
-    )
-    flags.DEFINE_string(
-        "model_config",
-        None,
-        'JSON object of constructor arguments, e.g. \'{"classes": 100}\' for a preset, or '
-        '\'{"blocks": [1, 1], "strides": [1, 2], "channels": [8, 32], "init_ds": 2, '
-        '"input_shape": [32, 32, 3], "classes": 5}\' for --model=custom.',
-    )
-
-
-def parse_model_arguments(model, model_config, flag="--model"):
-    """Validates a model name and its JSON config; returns the constructor keyword arguments.
-
-    Cheap (builds nothing), so the applications call it before any slow work.
-    """
-    if model is None:
-        raise ValueError(f"{flag} is required: one of {', '.join(MODEL_NAMES)}.")
-    if model not in MODEL_NAMES:
-        raise ValueError(
-            f"{flag}: unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}."
-        )
-    kwargs = {}
-    if model_config:
-        try:
-            kwargs = json.loads(model_config)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"--model_config must be a JSON object, got {model_config!r} ({error})."
-            ) from None
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"--model_config must be a JSON object, got {model_config!r}.")
-    if model == "custom":
-        missing = [key for key in ("blocks", "strides", "channels") if key not in kwargs]
-        if missing:
-            raise ValueError(
-                f"--model=custom needs --model_config with the keys blocks, strides and "
-                f"channels (arguments of kir.IRevNet); missing: {', '.join(missing)}."
-            )
-    return kwargs
-
-
-def build_model(model, model_config=None, weights=None):
-    """The Keras model named `model` (see MODEL_NAMES), built with `model_config` (JSON)."""
-    import keras_irevnet as kir
-
-    kwargs = parse_model_arguments(model, model_config)
-    constructor = {
-        "bijective": kir.IRevNetBijective,
-        "injective": kir.IRevNetInjective,
-        "cifar": kir.IRevNetCIFAR,
-        "custom": kir.IRevNet,
-    }[model]
-    try:
-        return constructor(weights=weights, **kwargs)
-    except TypeError as error:  # an argument the constructor does not take
-        raise ValueError(f"--model_config does not fit --model={model}: {error}") from None
-
-
-def preprocessing_mode(model, preprocessing=None):
-    """The `preprocess_input` mode for `model`: the given one, else the model's training one."""
-    if preprocessing is not None:
-        return preprocessing
-    if model in _PREPROCESSING:
-        return _PREPROCESSING[model]
-    raise ValueError("--preprocessing (imagenet or cifar) is required with --model=custom.")
-
-
-def _load_image(path, size):
-    """An RGB image resized as the reference evaluates: shorter side to size*256/224, then a
-    central size x size crop (for 32x32 CIFAR images: resized to size x size directly)."""
-    import numpy as np
-    from PIL import Image
-
-    height, width = size
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if (height, width) == (32, 32):
-            return np.asarray(image.resize((width, height), Image.BILINEAR), dtype="float32")
-        scale = max(height, width) * 256 / 224 / min(image.size)
-        resized = image.resize(
-            (max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))),
-            Image.BILINEAR,
-        )
-        left = (resized.size[0] - width) // 2
-        top = (resized.size[1] - height) // 2
-        cropped = resized.crop((left, top, left + width, top + height))
-        return np.asarray(cropped, dtype="float32")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def load_sanity_batch(path, image_shape):
@@ -147,12 +62,10 @@ def load_sanity_batch(path, image_shape):
         raise FileNotFoundError(
             f"--sanity_batch must be a .npy file or a directory of images, got {path!r}."
         )
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(_IMAGE_EXTENSIONS))
+    names = [os.path.basename(p) for p in image_files(path)]
     if not names:
-        raise ValueError(
-            f"--sanity_batch: no images ({', '.join(_IMAGE_EXTENSIONS)}) in {path!r}."
-        )
-    pixels = np.stack([_load_image(os.path.join(path, n), image_shape[:2]) for n in names])
+        raise ValueError(f"--sanity_batch: no images ({', '.join(IMAGE_EXTENSIONS)}) in {path!r}.")
+    pixels = np.stack([load_image(os.path.join(path, n), image_shape[:2]) for n in names])
     return names, pixels
 
 
@@ -172,8 +85,15 @@ def top1(model, names, pixels, mode):
     return [(n, int(c), float(scores[i, c])) for i, (n, c) in enumerate(zip(names, classes))]
 
 
-def convert(official_checkpoint, model, output, model_config=None, sanity_batch=None,
-            preprocessing=None, overwrite=False):
+def convert(
+    official_checkpoint,
+    model,
+    output,
+    model_config=None,
+    sanity_batch=None,
+    preprocessing=None,
+    overwrite=False,
+):
     """Loads the authors' checkpoint into `model`, writes `output`, and prints the sanity top-1.
 
     `output` is written through `keras_irevnet.atomic`, so a failed or killed conversion never
@@ -191,8 +111,8 @@ def convert(official_checkpoint, model, output, model_config=None, sanity_batch=
         raise FileExistsError(
             f"--output: {output!r} already exists; pass --overwrite to replace it."
         )
-    if sanity_batch and model == "custom" and preprocessing is None:
-        preprocessing_mode(model, preprocessing)  # raises: custom models need --preprocessing
+    if sanity_batch:
+        preprocessing_mode(model, preprocessing)  # raises if the preset has no mode
 
     keras_model = build_model(model, model_config)
     if sanity_batch and not keras_model.include_top:
@@ -245,8 +165,8 @@ def _define_flags():
         "preprocessing",
         None,
         ["imagenet", "cifar"],
-        "Normalisation of the sanity batch; defaults to the model's (cifar for --model=cifar, "
-        "imagenet otherwise); required for --model=custom.",
+        "Normalisation of the sanity batch; defaults to the preset's (cifar for --model=cifar, "
+        "imagenet for bijective and injective); required for --model=tiny.",
     )
     flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
 

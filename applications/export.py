@@ -59,9 +59,9 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from applications.convert import (  # noqa: E402
-    build_model,
+from applications.models import (  # noqa: E402
     define_model_flags,
+    load_model,
     parse_model_arguments,
 )
 from keras_irevnet.atomic import discard  # noqa: E402
@@ -79,8 +79,9 @@ _PART_FLAGS = {"saved_model": "--saved_model_dir", "onnx": "--onnx_path"}
 _PART_NAMES = {"saved_model": "SavedModel", "onnx": "ONNX graphs"}
 
 
-def _check_arguments(saved_model_dir, model_path, official_checkpoint, model, model_config,
-                     onnx_path):
+def _check_arguments(
+    saved_model_dir, model_path, official_checkpoint, model, model_config, onnx_path
+):
     """Checks every argument before any slow work; raises ValueError / FileNotFoundError /
     FileExistsError naming the flag. Occupied targets are refused later, by
     `_refuse_occupied_targets`, once what killed runs left there is cleared."""
@@ -119,19 +120,6 @@ def _check_arguments(saved_model_dir, model_path, official_checkpoint, model, mo
             )
 
 
-def load_model(model_path=None, official_checkpoint=None, model=None, model_config=None):
-    """The Keras model from a .keras file, a .weights.h5 file or the authors' checkpoint."""
-    import keras_irevnet as kir
-
-    if model_path and model_path.endswith(".keras"):
-        return kir.models.load_irevnet(model_path)
-    if model_path:  # .weights.h5: the constructor checks that it fits
-        return build_model(model, model_config, weights=model_path)
-    keras_model = build_model(model, model_config)
-    kir.load_official_weights(keras_model, official_checkpoint)
-    return keras_model
-
-
 def _relative_error(a, b):
     a = np.asarray(a, dtype="float64")
     b = np.asarray(b, dtype="float64")
@@ -147,9 +135,11 @@ def check_export(keras_model, saved_model_dir, onnx_path=None, batch_size=2, see
     import keras
     import tensorflow as tf
 
-    images = np.random.default_rng(seed).standard_normal(
-        (batch_size,) + tuple(keras_model.image_shape)
-    ).astype(keras_model.inputs[0].dtype)
+    images = (
+        np.random.default_rng(seed)
+        .standard_normal((batch_size,) + tuple(keras_model.image_shape))
+        .astype(keras_model.inputs[0].dtype)
+    )
     output = keras.ops.convert_to_numpy(keras_model(images, training=False))
     features = keras.ops.convert_to_numpy(keras_model.features(images))
     reconstruction = keras.ops.convert_to_numpy(keras_model.inverse(features))
@@ -231,8 +221,9 @@ def _fingerprint(path):
     return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": digest.hexdigest()}
 
 
-def export_identity(model_path=None, official_checkpoint=None, model=None, model_config=None,
-                    opset=None):
+def export_identity(
+    model_path=None, official_checkpoint=None, model=None, model_config=None, opset=None
+):
     """What an export is an export of: the source file (path and fingerprint) and the
     arguments that shape the exported graphs. Reads the whole source file (its SHA-256)."""
     flag = "--model_path" if model_path else "--official_checkpoint"
@@ -247,11 +238,16 @@ def export_identity(model_path=None, official_checkpoint=None, model=None, model
 
 def _same_identity(recorded, identity):
     """Whether two identities describe the same export (the source path may differ)."""
+
     def essentials(entry):
         source = entry.get("source") or {}
         return (
-            source.get("flag"), source.get("size"), source.get("sha256"),
-            entry.get("model"), entry.get("model_config"), entry.get("opset"),
+            source.get("flag"),
+            source.get("size"),
+            source.get("sha256"),
+            entry.get("model"),
+            entry.get("model_config"),
+            entry.get("opset"),
         )
 
     return essentials(recorded) == essentials(identity)
@@ -397,7 +393,8 @@ def _print_already_exported(manifest):
     errors = recorded_errors(manifest)
     checked = (
         f"checked against Keras: largest relative error {max(errors.values()):.2e}"
-        if errors else "not checked"
+        if errors
+        else "not checked"
     )
     print(
         f"Already exported: {' and '.join(manifest['parts'].values())} hold a complete export "
@@ -450,7 +447,8 @@ def staged_export(targets, manifest):
                 # entered in the reverse of COMMIT_ORDER, they commit in COMMIT_ORDER.
                 staged = {
                     part: staging.enter_context(atomic_path(targets[part], directory=True))
-                    for part in reversed(COMMIT_ORDER) if part in targets
+                    for part in reversed(COMMIT_ORDER)
+                    if part in targets
                 }
                 yield staged
                 for part, directory in staged.items():
@@ -469,8 +467,12 @@ def staged_export(targets, manifest):
 def _tensorflow_process_argv(**arguments):
     # -P (Python 3.11+): the caller's working directory, where the child runs, is not put on
     # sys.path, so nothing there can shadow applications/ or keras_irevnet/.
-    argv = [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []),
-            "-m", "applications.export"]
+    argv = [
+        sys.executable,
+        *(["-P"] if sys.version_info >= (3, 11) else []),
+        "-m",
+        "applications.export",
+    ]
     for name, value in arguments.items():
         if isinstance(value, bool):
             argv.append(f"--{'' if value else 'no'}{name}")
@@ -487,8 +489,9 @@ def _export_in_tensorflow_process(targets, **arguments):
     """
     # Only the TensorFlow backend can trace every endpoint into a SavedModel (torch cannot at
     # all) and tf2onnx needs TensorFlow graphs: hand over to a TF process.
-    argv = _tensorflow_process_argv(saved_model_dir=targets["saved_model"],
-                                    onnx_path=targets.get("onnx"), **arguments)
+    argv = _tensorflow_process_argv(
+        saved_model_dir=targets["saved_model"], onnx_path=targets.get("onnx"), **arguments
+    )
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_REPO_ROOT, env.get("PYTHONPATH")]))
     result = subprocess.run(argv, env=env)
@@ -516,15 +519,26 @@ def _export(keras_model, targets, identity, opset=None, check=True, tolerance=1e
             _print_errors(errors)
             _raise_if_beyond(errors, tolerance)
             manifest["check"] = _errors_for_manifest(errors, tolerance)
-    print(f"SavedModel: {targets['saved_model']} (endpoints serve, features, inverse; "
-          f"images {keras_model.image_shape} <-> features {keras_model.feature_shape})")
+    print(
+        f"SavedModel: {targets['saved_model']} (endpoints serve, features, inverse; "
+        f"images {keras_model.image_shape} <-> features {keras_model.feature_shape})"
+    )
     if "onnx" in targets:
         print(f"ONNX: {targets['onnx']}/forward.onnx, {targets['onnx']}/inverse.onnx")
     return errors
 
 
-def run(saved_model_dir, model_path=None, official_checkpoint=None, model=None,
-        model_config=None, onnx_path=None, opset=None, check=True, tolerance=1e-4):
+def run(
+    saved_model_dir,
+    model_path=None,
+    official_checkpoint=None,
+    model=None,
+    model_config=None,
+    onnx_path=None,
+    opset=None,
+    check=True,
+    tolerance=1e-4,
+):
     """Exports the model; see the module docstring. Returns the check's errors ({} if none).
 
     Relative paths are relative to this process's working directory. On a Keras backend other
@@ -537,15 +551,17 @@ def run(saved_model_dir, model_path=None, official_checkpoint=None, model=None,
     saved_model_dir, model_path, official_checkpoint, onnx_path = map(
         _absolute, (saved_model_dir, model_path, official_checkpoint, onnx_path)
     )
-    _check_arguments(saved_model_dir, model_path, official_checkpoint, model, model_config,
-                     onnx_path)
+    _check_arguments(
+        saved_model_dir, model_path, official_checkpoint, model, model_config, onnx_path
+    )
     targets = export_targets(saved_model_dir, onnx_path)
     clear_interrupted(targets)
 
     def identity():
         # --opset shapes the ONNX graphs only: without them it does not tell exports apart.
-        return export_identity(model_path, official_checkpoint, model, model_config,
-                               opset if onnx_path else None)
+        return export_identity(
+            model_path, official_checkpoint, model, model_config, opset if onnx_path else None
+        )
 
     existing = find_existing_export(targets, identity, check=check, tolerance=tolerance)
     if existing is not None:
@@ -555,14 +571,20 @@ def run(saved_model_dir, model_path=None, official_checkpoint=None, model=None,
 
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(
-            targets, model_path=model_path, official_checkpoint=official_checkpoint,
-            model=model, model_config=model_config, opset=opset, check=check,
+            targets,
+            model_path=model_path,
+            official_checkpoint=official_checkpoint,
+            model=model,
+            model_config=model_config,
+            opset=opset,
+            check=check,
             tolerance=tolerance,
         )
     source_identity = identity()  # before loading: the fingerprint of what is exported
     keras_model = load_model(model_path, official_checkpoint, model, model_config)
-    return _export(keras_model, targets, source_identity, opset=opset, check=check,
-                   tolerance=tolerance)
+    return _export(
+        keras_model, targets, source_identity, opset=opset, check=check, tolerance=tolerance
+    )
 
 
 FLAGS = flags.FLAGS
@@ -570,26 +592,29 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
     flags.DEFINE_string(
-        "model_path", None,
+        "model_path",
+        None,
         "A .keras file (holds the architecture), or a .weights.h5 file together with --model.",
     )
     flags.DEFINE_string(
-        "official_checkpoint", None,
+        "official_checkpoint",
+        None,
         "The authors' PyTorch checkpoint (.pth.tar), together with --model.",
     )
     define_model_flags()
-    # Defined in applications/convert.py; declared here so that --help lists them.
+    # Defined in applications/models.py; declared here so that --help lists them.
     flags.declare_key_flag("model")
     flags.declare_key_flag("model_config")
     flags.DEFINE_string(
-        "saved_model_dir", None,
+        "saved_model_dir",
+        None,
         "Directory to write the SavedModel to; must not exist or be empty (relative paths: "
         "to the working directory).",
     )
     flags.DEFINE_string(
-        "onnx_path", None,
-        "Optional directory to write forward.onnx and inverse.onnx to; must not exist or be "
-        "empty.",
+        "onnx_path",
+        None,
+        "Optional directory to write forward.onnx and inverse.onnx to; must not exist or be empty.",
     )
     flags.DEFINE_integer("opset", None, "ONNX opset (default: tf2onnx's).")
     flags.DEFINE_bool("check", True, "Compare the export with Keras before keeping it.")

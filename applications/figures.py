@@ -9,8 +9,6 @@ interpolated pair) to [0, 1]: the same map is applied to the reconstruction, so 
 reconstruction that differs from its original also looks different.
 """
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display is needed (or available on servers)
@@ -189,3 +187,22 @@ def plot_pca(results, path, chance=None, title=None):
         chance,
         log_x=True,
     )
+
+
+def plot_photo_and_reconstruction(photo, reconstruction, path, title=None):
+    """A photo (RGB pixels in [0, 255]) beside its reconstruction inverse(features(x))."""
+    photo, reconstruction = np.asarray(photo), np.asarray(reconstruction)
+    if photo.shape != reconstruction.shape or photo.ndim != 3:
+        raise ValueError(
+            "plot_photo_and_reconstruction: two images of the same shape (H, W, C) are "
+            f"needed, got {photo.shape} and {reconstruction.shape}."
+        )
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    for axis, image, label in zip(
+        axes, (photo, reconstruction), ("photo", "inverse(features(photo))")
+    ):
+        _show(axis, np.clip(image / 255.0, 0.0, 1.0))
+        axis.set_title(label, fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return _save(figure, path)

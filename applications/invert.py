@@ -13,7 +13,6 @@ Writes to --output_dir (default: an `inversion` folder beside the model):
 """
 
 import os
-import sys
 
 from absl import app, flags
 
@@ -33,8 +32,9 @@ def define_flags():
     return tuple(sorted(set(FLAGS) - before))
 
 
-def inversion_analyses(model, images, labels, output_dir, num_images, num_pairs, steps,
-                       batch_size=64, verbose=1):
+def inversion_analyses(
+    model, images, labels, output_dir, num_images, num_pairs, steps, batch_size=64, verbose=1
+):
     """Analyses 1 and 2 on validation images; writes the two figures, returns the results.
 
     Returns a dict with `reconstruction` (rel_error, max_rel_error, noise_rel_error, counts)
@@ -60,19 +60,24 @@ def inversion_analyses(model, images, labels, output_dir, num_images, num_pairs,
     reconstructions = analysis.reconstruct(model, shown, batch_size=batch_size)
     paths = {
         "reconstructions": figures.plot_reconstructions(
-            shown, reconstructions, os.path.join(output_dir, "reconstructions.png"),
+            shown,
+            reconstructions,
+            os.path.join(output_dir, "reconstructions.png"),
             rel_error=error["rel_error"],
         )
     }
 
     # Pairs of different classes where possible, so the line crosses between classes.
     first, second = _pairs(labels, num_pairs)
-    strips = analysis.interpolate(model, images[first], images[second], steps=steps,
-                                  batch_size=batch_size)
+    strips = analysis.interpolate(
+        model, images[first], images[second], steps=steps, batch_size=batch_size
+    )
     ends = np.concatenate([strips[:, 0], strips[:, -1]])
     originals = np.concatenate([images[first], images[second]])
-    end_error = float(np.linalg.norm((ends - originals).astype("float64"))
-                      / np.linalg.norm(originals.astype("float64")))
+    end_error = float(
+        np.linalg.norm((ends - originals).astype("float64"))
+        / np.linalg.norm(originals.astype("float64"))
+    )
     paths["interpolations"] = figures.plot_interpolations(
         strips, os.path.join(output_dir, "interpolations.png")
     )
@@ -121,13 +126,23 @@ def run(args):
     model = load_model(args["model_path"])
     output_dir = args["output_dir"] or default_output_dir(args["model_path"], "inversion")
     images, labels = load_arrays(
-        args["dataset"], "validation",
+        args["dataset"],
+        "validation",
         max(args["num_eval"], args["num_images"], 2 * args["num_pairs"]),
-        model, data_dir=args["data_dir"], batch_size=args["batch_size"],
+        model,
+        data_dir=args["data_dir"],
+        batch_size=args["batch_size"],
     )
     results = inversion_analyses(
-        model, images, labels, output_dir, args["num_images"], args["num_pairs"],
-        args["steps"], batch_size=args["batch_size"], verbose=args["verbose"],
+        model,
+        images,
+        labels,
+        output_dir,
+        args["num_images"],
+        args["num_pairs"],
+        args["steps"],
+        batch_size=args["batch_size"],
+        verbose=args["verbose"],
     )
     results = {"model_path": args["model_path"], "dataset": args["dataset"], **results}
     results["json"] = write_json(os.path.join(output_dir, "inversion.json"), results)
@@ -143,17 +158,7 @@ def run(args):
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        run({name: FLAGS[name].value for name in FLAG_NAMES})
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
 if __name__ == "__main__":
-    FLAG_NAMES = define_flags()
-    app.run(main)
+    from applications.cli import main_for
+
+    app.run(main_for(run, define_flags()))

@@ -37,35 +37,41 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagenet2012")
 
 
 def define_flags():
     """The program's flags (defaults of None mean: the dataset's recipe); returns their
     names."""
-    from applications.training.presets import PRESETS, SCHEDULE_HELP
+    from applications.training.recipes import SCHEDULE_HELP
+    from keras_irevnet.data import SPECS
+    from keras_irevnet.models import PRESETS
 
     before = set(FLAGS)
 
     flags.DEFINE_string(
-        "dataset", "digits",
-        f"One of {', '.join(DATASET_NAMES)}; digits (scikit-learn, offline) is the default, "
+        "dataset",
+        "digits",
+        f"One of {', '.join(SPECS)}; digits (scikit-learn, offline) is the default, "
         "the others are read with tensorflow-datasets.",
     )
     flags.DEFINE_string("data_dir", None, "tfds data directory (default ~/tensorflow_datasets).")
     flags.DEFINE_string(
-        "manual_dir", None,
+        "manual_dir",
+        None,
         "Directory holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar for "
         "imagenet2012 (default <data_dir>/downloads/manual).",
     )
     flags.DEFINE_enum(
-        "model", None, list(PRESETS),
-        "Architecture preset: tiny (seconds on a CPU), cifar (IRevNetCIFAR's), bijective / "
-        "injective (the ImageNet models). Default: the dataset's (digits tiny, cifar* cifar, "
-        "imagenet2012 bijective).",
+        "model",
+        None,
+        list(PRESETS),
+        "The i-RevNet preset (keras_irevnet.models.PRESETS): "
+        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
+        + ". Default: the dataset's (digits tiny, cifar* cifar, imagenet2012 bijective).",
     )
     flags.DEFINE_integer(
-        "image_size", None,
+        "image_size",
+        None,
         "Side of the square training images; a multiple of the model's total downsampling. "
         "Default: the dataset's (digits 16, cifar 32, imagenet2012 224).",
     )
@@ -76,36 +82,43 @@ def define_flags():
     )
     flags.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate (momentum 0.9).")
     flags.DEFINE_float(
-        "weight_decay", None,
+        "weight_decay",
+        None,
         "Coupled L2 weight decay as torch.optim.SGD applies it, on every trainable weight "
         "(default: cifar / digits 5e-4, imagenet2012 1e-4).",
     )
     flags.DEFINE_string("schedule", "auto", SCHEDULE_HELP)
     flags.DEFINE_bool("memory_efficient", False, "Reversible backprop (recompute activations).")
     flags.DEFINE_bool(
-        "mixed_precision", False,
+        "mixed_precision",
+        False,
         "Train with the mixed_float16 policy on GPU (mixed_bfloat16 on CPU); the inverse is "
         "then exact only to that precision.",
     )
     flags.DEFINE_integer(
-        "seed", 0,
+        "seed",
+        0,
         "Seeds the weights, shuffling and augmentation (with deterministic data order); "
         "-1 for fresh randomness.",
     )
     flags.DEFINE_enum(
-        "strategy", "none", ["none", "mirrored", "multi_worker", "data_parallel"],
+        "strategy",
+        "none",
+        ["none", "mirrored", "multi_worker", "data_parallel"],
         "none; mirrored (tf.distribute.MirroredStrategy over the GPUs, or over --cpu_devices "
         "CPU devices without GPUs); multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG); "
         "data_parallel (JAX: keras.distribution.DataParallel over all devices).",
     )
     flags.DEFINE_bool(
-        "deterministic", True,
+        "deterministic",
+        True,
         "Fixed order of the input pipeline's elements (with --seed: the same batches on every "
         "run); --nodeterministic lets tf.data reorder them for throughput.",
     )
     flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into N logical devices (0: off).")
     flags.DEFINE_string(
-        "model_dir", None,
+        "model_dir",
+        None,
         "Checkpoints, logs and results; the run resumes from it (default "
         "runs/irevnet_<model>_<dataset>).",
     )
@@ -120,12 +133,14 @@ def define_flags():
         "inverse_images", 256, "Validation images to measure the final inversion error on."
     )
     flags.DEFINE_integer(
-        "monitor_images", 32,
+        "monitor_images",
+        32,
         "Validation images whose inversion error is measured at every validation and logged "
         "(history, TensorBoard scalars and images); 0: off.",
     )
     flags.DEFINE_integer(
-        "checkpoint_every", 2500,
+        "checkpoint_every",
+        2500,
         "Steps between checkpoints inside an epoch (a checkpoint also ends every epoch); 0: "
         "at epoch ends only. 2500 steps is half an ImageNet epoch at batch 256, about 25 "
         "minutes of i-RevNet-301 training on 8 V100s, for a few seconds of writing.",
@@ -139,18 +154,15 @@ def resolve_arguments(values):
 
     Cheap: builds nothing, reads no data.
     """
-    from applications.training import presets
-
-    args = dict(values)
-    if args["dataset"] not in DATASET_NAMES:
-        raise ValueError(
-            f"--dataset: unknown dataset {args['dataset']!r}; expected one of "
-            f"{', '.join(DATASET_NAMES)} (digits is the offline default)."
-        )
+    from applications.training import recipes
     from keras_irevnet.data import dataset_spec
 
-    spec = dataset_spec(args["dataset"])
-    recipe = presets.RECIPES[args["dataset"]]
+    args = dict(values)
+    try:
+        spec = dataset_spec(args["dataset"])
+    except ValueError as error:
+        raise ValueError(f"--dataset: {error}") from None
+    recipe = recipes.RECIPES[args["dataset"]]
     for key in ("model", "batch_size", "epochs", "weight_decay"):
         if args[key] is None:
             args[key] = getattr(recipe, key)
@@ -169,8 +181,8 @@ def resolve_arguments(values):
             "--learning_rate must be positive and --weight_decay non-negative, got "
             f"{args['learning_rate']} and {args['weight_decay']}."
         )
-    presets.check_image_size(args["model"], args["image_size"])
-    presets.parse_schedule(args["schedule"], args["dataset"], args["epochs"], 10**6)  # syntax
+    recipes.check_image_size(args["model"], args["image_size"])
+    recipes.parse_schedule(args["schedule"], args["dataset"], args["epochs"], 10**6)  # syntax
     if args["model_dir"] is None:
         args["model_dir"] = os.path.join("runs", f"irevnet_{args['model']}_{args['dataset']}")
     args["seed"] = None if args["seed"] < 0 else args["seed"]
@@ -234,22 +246,32 @@ def prepare(args):
     _set_seed_and_policy(args, distributor, backend)
 
     common = dict(
-        image_size=args["image_size"], seed=args["seed"], num_replicas=distributor.num_replicas,
-        data_dir=args["data_dir"], manual_dir=args["manual_dir"],
+        image_size=args["image_size"],
+        seed=args["seed"],
+        num_replicas=distributor.num_replicas,
+        data_dir=args["data_dir"],
+        manual_dir=args["manual_dir"],
         deterministic=args["deterministic"],
     )
     print(f"Preparing {args['dataset']} (image size {args['image_size']}) ...", flush=True)
     batch = args["batch_size"]
     train = data.make_dataset(args["dataset"], "train", batch, **common)
-    validation = data.make_dataset(args["dataset"], "validation", batch,
-                                   shard=distributor.shard(training=False), **common)
+    validation = data.make_dataset(
+        args["dataset"], "validation", batch, shard=distributor.shard(training=False), **common
+    )
     validation = dataclasses.replace(
-        validation, dataset=distributor.local_batches(validation.dataset, batch))
+        validation, dataset=distributor.local_batches(validation.dataset, batch)
+    )
 
     def make_train_dataset(start_step):
         dataset = data.make_dataset(
-            args["dataset"], "train", batch, start_step=start_step,
-            shard=distributor.shard(training=True), prepare=False, **common,
+            args["dataset"],
+            "train",
+            batch,
+            start_step=start_step,
+            shard=distributor.shard(training=True),
+            prepare=False,
+            **common,
         ).dataset
         return distributor.local_batches(dataset, batch)
 
@@ -261,8 +283,17 @@ def prepare(args):
         )
     _check_validation_split(args, validation, distributor)
     schedule = _reconcile_run(args, steps_per_epoch, distributor.is_chief)
-    return Setup(started, backend, spec, distributor, train, validation, steps_per_epoch,
-                 schedule, make_train_dataset)
+    return Setup(
+        started,
+        backend,
+        spec,
+        distributor,
+        train,
+        validation,
+        steps_per_epoch,
+        schedule,
+        make_train_dataset,
+    )
 
 
 def _set_seed_and_policy(args, distributor, backend):
@@ -283,8 +314,11 @@ def _set_seed_and_policy(args, distributor, backend):
 def _check_validation_split(args, validation, distributor):
     last_batch = validation.num_examples % args["batch_size"]
     # (Shared out over processes, validation keeps full batches only.)
-    if (args["strategy"] == "data_parallel" and distributor.process is None
-            and last_batch % distributor.num_replicas):
+    if (
+        args["strategy"] == "data_parallel"
+        and distributor.process is None
+        and last_batch % distributor.num_replicas
+    ):
         raise ValueError(
             f"--strategy=data_parallel: the {validation.num_examples} validation images end "
             f"in a batch of {last_batch}, which does not split over {distributor.num_replicas} "
@@ -294,19 +328,18 @@ def _check_validation_split(args, validation, distributor):
 
 def _reconcile_run(args, steps_per_epoch, is_chief):
     """The schedule to train with, after checking the flags against the run in --model_dir."""
-    from applications.training import checkpoints, presets, run_config
+    from applications.training import checkpoints, recipes, run_config
     from keras_irevnet import atomic
 
     model_dir = args["model_dir"]
     if is_chief:  # what killed writers left behind
         atomic.remove_partials(model_dir)
         atomic.remove_partials(checkpoints.checkpoint_dir(model_dir))
-    schedule = presets.parse_schedule(
+    schedule = recipes.parse_schedule(
         args["schedule"], args["dataset"], args["epochs"], steps_per_epoch
     )
     flags = {name: args[name] for name in run_config.FIXED_FLAGS if name != "steps_per_epoch"}
-    flags.update(steps_per_epoch=steps_per_epoch, schedule=args["schedule"],
-                 epochs=args["epochs"])
+    flags.update(steps_per_epoch=steps_per_epoch, schedule=args["schedule"], epochs=args["epochs"])
     return run_config.reconcile(
         model_dir, flags, schedule, checkpoints.latest_step(model_dir), write=is_chief
     )
@@ -327,18 +360,22 @@ def train_and_evaluate(args, setup):
 def _build_and_restore(args, setup):
     import keras
 
-    from applications.training import checkpoints, presets
+    import keras_irevnet as kir
+    from applications.training import checkpoints, recipes
     from applications.training.metrics import accuracy_metrics
     from applications.training.optimizer import CoupledWeightDecaySGD
 
     boundaries, factor = setup.schedule
     with setup.distributor.scope():
-        model = presets.build_model(
-            args["model"], args["image_size"], setup.spec.classes, args["memory_efficient"]
+        model = kir.IRevNet.from_preset(
+            args["model"],
+            input_shape=(args["image_size"], args["image_size"], 3),
+            classes=setup.spec.classes,
+            memory_efficient=args["memory_efficient"],
         )
         model.compile(
             optimizer=CoupledWeightDecaySGD(
-                presets.learning_rate_schedule(args["learning_rate"], boundaries, factor),
+                recipes.learning_rate_schedule(args["learning_rate"], boundaries, factor),
                 momentum=0.9,
                 l2=args["weight_decay"],
             ),
@@ -354,10 +391,12 @@ def _build_and_restore(args, setup):
     )
     if state.step:
         epoch, in_epoch = state.position(setup.steps_per_epoch)
-        where = f"epoch {epoch}" if not in_epoch else (
-            f"step {in_epoch} of {setup.steps_per_epoch} in epoch {epoch + 1}")
-        print(f"Resuming after {where} (global step {state.step}) from "
-              f"{state.path}.", flush=True)
+        where = (
+            f"epoch {epoch}"
+            if not in_epoch
+            else (f"step {in_epoch} of {setup.steps_per_epoch} in epoch {epoch + 1}")
+        )
+        print(f"Resuming after {where} (global step {state.step}) from {state.path}.", flush=True)
     return model, state
 
 
@@ -366,6 +405,7 @@ def _callbacks(model_dir, args, setup, state, start_step):
 
     from applications.training import checkpoints
     from applications.training.divergence import StopOnDivergence
+    from keras_irevnet import data
     from keras_irevnet.callbacks import InversionMonitor
 
     chief = setup.distributor.is_chief
@@ -374,28 +414,24 @@ def _callbacks(model_dir, args, setup, state, start_step):
         StopOnDivergence(setup.steps_per_epoch, start_step),
     ]
     if args["monitor_images"]:
-        callbacks.append(InversionMonitor(
-            _first_images(setup.validation.dataset, args["monitor_images"]),
-            log_dir=log_dir if chief else None,
-        ))
-    callbacks.append(checkpoints.TrainingCheckpoint(
-        model_dir, setup.steps_per_epoch, state, args["checkpoint_every"], write=chief,
-    ))
+        callbacks.append(
+            InversionMonitor(
+                data.first_images(setup.validation.dataset, args["monitor_images"]),
+                log_dir=log_dir if chief else None,
+            )
+        )
+    callbacks.append(
+        checkpoints.TrainingCheckpoint(
+            model_dir,
+            setup.steps_per_epoch,
+            state,
+            args["checkpoint_every"],
+            write=chief,
+        )
+    )
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=log_dir))
     return callbacks
-
-
-def _first_images(dataset, count):
-    import numpy as np
-
-    images, held = [], 0
-    for x, _ in dataset:
-        images.append(np.asarray(x))
-        held += len(images[-1])
-        if held >= count:
-            break
-    return np.concatenate(images)[:count]
 
 
 def _fit(model, args, setup, state):
@@ -434,13 +470,13 @@ def _fit(model, args, setup, state):
 
 
 def _evaluate(model, args, setup, steps, resumed_step, train_seconds):
-    from keras_irevnet import analysis
+    from keras_irevnet import analysis, data
 
     validation = setup.validation
     results = model.evaluate(
         validation.dataset, steps=_eval_steps(args, validation), verbose=0, return_dict=True
     )
-    images = _first_images(validation.dataset, args["inverse_images"])
+    images = data.first_images(validation.dataset, args["inverse_images"])
     inversion = analysis.reconstruction_error(model, images, batch_size=args["batch_size"])
     return {
         "top1": float(results["top1"]),
@@ -457,8 +493,9 @@ def _evaluate(model, args, setup, steps, resumed_step, train_seconds):
         "dataset": args["dataset"],
         "model": args["model"],
         "image_size": args["image_size"],
-        "validation_images": min(validation.num_examples,
-                                 _eval_steps(args, validation) * args["batch_size"]),
+        "validation_images": min(
+            validation.num_examples, _eval_steps(args, validation) * args["batch_size"]
+        ),
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.time() - setup.started, 1),
     }
@@ -518,8 +555,10 @@ def _print_summary(metrics, shown, export_dir):
 
 
 def _eval_steps(args, validation):
-    return validation.steps if args["eval_steps"] is None else min(
-        args["eval_steps"], validation.steps
+    return (
+        validation.steps
+        if args["eval_steps"] is None
+        else min(args["eval_steps"], validation.steps)
     )
 
 
@@ -554,7 +593,9 @@ def _divergence_advice(args):
     step = checkpoints.latest_step(args["model_dir"])
     kept = (
         f"The newest checkpoint, step {step} in {checkpoints.checkpoint_dir(args['model_dir'])}, "
-        "is untouched" if step else "No checkpoint was written"
+        "is untouched"
+        if step
+        else "No checkpoint was written"
     )
     return (
         f"{kept}; nothing after the last finite step was saved. Try a lower --learning_rate "

@@ -114,8 +114,10 @@ def _functions(library, n, h, cin, cout):
                 y = tf.nn.conv2d(x, k, 1, "SAME")
             return tape.gradient(y, [x, k])
 
-        return (lambda: forward_fn(xt, kt)[0, 0, 0, 0].numpy(),
-                lambda: backward_fn(xt, kt)[0][0, 0, 0, 0].numpy())
+        return (
+            lambda: forward_fn(xt, kt)[0, 0, 0, 0].numpy(),
+            lambda: backward_fn(xt, kt)[0][0, 0, 0, 0].numpy(),
+        )
     import jax
 
     xj, kj = jax.numpy.asarray(x), jax.numpy.asarray(k)
@@ -127,8 +129,10 @@ def _functions(library, n, h, cin, cout):
 
     forward_fn = jax.jit(conv)
     backward_fn = jax.jit(jax.grad(lambda x, k: (conv(x, k) * 1.0).sum(), argnums=(0, 1)))
-    return (lambda: jax.block_until_ready(forward_fn(xj, kj)),
-            lambda: jax.block_until_ready(backward_fn(xj, kj)))
+    return (
+        lambda: jax.block_until_ready(forward_fn(xj, kj)),
+        lambda: jax.block_until_ready(backward_fn(xj, kj)),
+    )
 
 
 def worker(library):
@@ -137,12 +141,21 @@ def worker(library):
             forward, backward = _functions(library, n, h, cin, cout)
             flops = 2 * n * h * h * cin * cout * 9
             t_forward, t_backward = _timer(forward, FLAGS.steps), _timer(backward, FLAGS.steps)
-            print("RESULT " + json.dumps(dict(
-                model=model, shape=[n, h, cin, cout], blocks=blocks,
-                forward_seconds=t_forward, backward_seconds=t_backward,
-                forward_gflops=flops / t_forward / 1e9,
-                backward_gflops=3 * flops / t_backward / 1e9,
-            )), flush=True)
+            print(
+                "RESULT "
+                + json.dumps(
+                    dict(
+                        model=model,
+                        shape=[n, h, cin, cout],
+                        blocks=blocks,
+                        forward_seconds=t_forward,
+                        backward_seconds=t_backward,
+                        forward_gflops=flops / t_forward / 1e9,
+                        backward_gflops=3 * flops / t_backward / 1e9,
+                    )
+                ),
+                flush=True,
+            )
 
 
 def markdown(results):
@@ -172,10 +185,14 @@ def markdown(results):
                 else:
                     cells.append("")
             n, h, cin, cout = shape
-            lines.append(f"| {n}, {h}x{h}, {cin} -> {cout} | {row['blocks']} | "
-                         + " | ".join(cells) + " |")
-        lines.append("| **all blocks, seconds** | | " + " | ".join(
-            f"**{t[0]:.2f} / {t[1]:.2f}**" for t in totals.values()) + " |")
+            lines.append(
+                f"| {n}, {h}x{h}, {cin} -> {cout} | {row['blocks']} | " + " | ".join(cells) + " |"
+            )
+        lines.append(
+            "| **all blocks, seconds** | | "
+            + " | ".join(f"**{t[0]:.2f} / {t[1]:.2f}**" for t in totals.values())
+            + " |"
+        )
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -191,12 +208,19 @@ def main(argv):
         if FLAGS.kernels and name not in FLAGS.kernels:
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        command = [sys.executable, "-m", "benchmarks.conv_kernels", f"--worker={library}",
-                   f"--models={','.join(FLAGS.models)}", f"--steps={FLAGS.steps}"]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.conv_kernels",
+            f"--worker={library}",
+            f"--models={','.join(FLAGS.models)}",
+            f"--steps={FLAGS.steps}",
+        ]
         env = dict(os.environ, **env)
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        results[name] = [json.loads(line[7:]) for line in done.stdout.splitlines()
-                         if line.startswith("RESULT ")]
+        results[name] = [
+            json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")
+        ]
         if done.returncode:
             print(f"  failed: {done.stderr.strip()[-1000:]}", flush=True)
     with open(os.path.join(FLAGS.output_dir, "conv_kernels.json"), "w") as f:

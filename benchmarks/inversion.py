@@ -4,7 +4,7 @@
     python -m benchmarks.inversion --models=cifar --backends=torch
 
 Each backend runs in its own process (Keras picks its backend at import). Models are at
-random initialisation (PyTorch's scheme) in inference mode, as REFERENCE.md's figures are.
+random initialisation (PyTorch's scheme) in inference mode.
 Writes <output_dir>/inversion.json and inversion.md.
 """
 
@@ -24,7 +24,11 @@ flags.DEFINE_integer("images", 2, "Photos (and as many noise images) per measure
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON and table go.")
 flags.DEFINE_string("worker_output", None, "Internal: run one backend, write JSON here.")
 
-CONSTRUCTORS = {"cifar": "IRevNetCIFAR", "bijective": "IRevNetBijective", "injective": "IRevNetInjective"}
+CONSTRUCTORS = {
+    "cifar": "IRevNetCIFAR",
+    "bijective": "IRevNetBijective",
+    "injective": "IRevNetInjective",
+}
 
 
 def measure_current_backend():
@@ -44,8 +48,15 @@ def measure_current_backend():
             noise = np.random.default_rng(0).uniform(-2, 2, real.shape).astype(dtype)
             for source, x in (("photos", real), ("uniform noise", noise)):
                 error = relative_error(model.inverse(model.features(x)), x)
-                rows.append(dict(backend=keras.backend.backend(), model=name, dtype=dtype,
-                                 input=source, rel_error=error))
+                rows.append(
+                    dict(
+                        backend=keras.backend.backend(),
+                        model=name,
+                        dtype=dtype,
+                        input=source,
+                        rel_error=error,
+                    )
+                )
                 print(f"{rows[-1]}", flush=True)
             del model
     return rows
@@ -61,17 +72,25 @@ def main(argv):
     for backend in FLAGS.backends:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             env = dict(os.environ, KERAS_BACKEND=backend, JAX_ENABLE_X64="1")
-            args = [sys.executable, "-m", "benchmarks.inversion", f"--worker_output={out.name}",
-                    f"--models={','.join(FLAGS.models)}", f"--dtypes={','.join(FLAGS.dtypes)}",
-                    f"--images={FLAGS.images}"]
+            args = [
+                sys.executable,
+                "-m",
+                "benchmarks.inversion",
+                f"--worker_output={out.name}",
+                f"--models={','.join(FLAGS.models)}",
+                f"--dtypes={','.join(FLAGS.dtypes)}",
+                f"--images={FLAGS.images}",
+            ]
             subprocess.run(args, env=env, check=True)
             rows += json.load(open(out.name))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     with open(os.path.join(FLAGS.output_dir, "inversion.json"), "w") as f:
         json.dump(rows, f, indent=2)
     table = ["| backend | model | dtype | input | relative error |", "|---|---|---|---|---|"]
-    table += [f"| {r['backend']} | {r['model']} | {r['dtype']} | {r['input']} | {r['rel_error']:.1e} |"
-              for r in rows]
+    table += [
+        f"| {r['backend']} | {r['model']} | {r['dtype']} | {r['input']} | {r['rel_error']:.1e} |"
+        for r in rows
+    ]
     with open(os.path.join(FLAGS.output_dir, "inversion.md"), "w") as f:
         f.write("\n".join(table) + "\n")
     print("\n".join(table))

@@ -21,8 +21,8 @@ The model is the CIFAR i-RevNet's width (channels 16, 64, 256; strides 1, 2, 2; 
 Time per step: the median of `--timed_steps` further steps after the measured one:
 `train_on_batch` on TensorFlow and torch (forward, backward, SGD update); on JAX the
 compiled gradient above (forward and backward, no optimizer update: compiling Keras' own
-train step as well would double the compile time of deep models). Writes memory.json, memory.md and memory.png to
---output_dir.
+train step as well would double the compile time of deep models). Writes memory.json,
+memory.md and memory.png to --output_dir.
 """
 
 import json
@@ -59,10 +59,10 @@ def _model(depth, memory_efficient):
     import keras
 
     import keras_irevnet as kir
-    from keras_irevnet.models.applications import CIFAR_CONFIG
+    from keras_irevnet.models import PRESETS
 
     keras.utils.set_random_seed(0)
-    config = dict(CIFAR_CONFIG, blocks=(depth // 3,) * 3)
+    config = dict(PRESETS["cifar"].architecture, blocks=(depth // 3,) * 3)
     model = kir.IRevNet(
         **config,
         input_shape=(32, 32, 3),
@@ -97,9 +97,11 @@ def _jax_step_bytes(model, x, y):
         logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
         return loss_fn(y, logits), non_trainable
 
-    compiled = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(
-        trainable, non_trainable, x, y
-    ).compile()
+    compiled = (
+        jax.jit(jax.value_and_grad(loss, has_aux=True))
+        .lower(trainable, non_trainable, x, y)
+        .compile()
+    )
     analysis = compiled.memory_analysis()
     record = {
         "temp_bytes": int(analysis.temp_size_in_bytes),
@@ -143,6 +145,7 @@ def measure(backend, depth, mode):
             f"peak RSS after a batch-{FLAGS.batch_size} step minus after warm-up steps "
             "with batches 2 and 3"
         )
+
         def step():
             return model.train_on_batch(x, y)
 
@@ -159,7 +162,9 @@ def _run_worker(backend, depth, mode):
     env = dict(os.environ, KERAS_BACKEND=backend)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [
-        sys.executable, "-m", "benchmarks.memory",
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
         f"--worker={backend},{depth},{mode}",
         f"--batch_size={FLAGS.batch_size}",
         f"--timed_steps={FLAGS.timed_steps}",
@@ -172,7 +177,7 @@ def _run_worker(backend, depth, mode):
         raise RuntimeError(
             f"measurement {backend} depth {depth} {mode} failed:\n{result.stderr[-4000:]}"
         )
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def markdown(records):

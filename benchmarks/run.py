@@ -1,6 +1,6 @@
-"""Speed of keras_irevnet on this machine, against a plain-PyTorch i-RevNet of the same architecture.
+"""Speed of keras_irevnet on this machine, against a plain-PyTorch i-RevNet of the same design.
 
-    python -m benchmarks.run             # REFERENCE.md's sizes (CIFAR 32x32, ImageNet 224x224)
+    python -m benchmarks.run             # CIFAR at 32x32, the ImageNet model at 224x224
     python -m benchmarks.run --quick     # a few minutes: ImageNet model at 64x64, fewer steps
     python -m benchmarks.run --backends=jax --models=cifar
 
@@ -34,7 +34,8 @@ flags.DEFINE_bool("quick", False, "Short version: fewer steps, the ImageNet mode
 flags.DEFINE_list("backends", ["tensorflow", "jax", "torch"], "Keras backends to measure.")
 flags.DEFINE_list("models", list(MODELS), "Models to measure: cifar, bijective.")
 flags.DEFINE_list(
-    "jit_modes", None,
+    "jit_modes",
+    None,
     "Only these compilation modes (tf.function, XLA, jax.jit, eager, torch.compile).",
 )
 flags.DEFINE_string("output_dir", "runs/benchmarks/speed", "Where the JSON, table and plot go.")
@@ -86,7 +87,11 @@ def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
     if xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     command = [
-        sys.executable, "-m", "benchmarks.run", f"--worker={kind}", f"--model={model}",
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        f"--worker={kind}",
+        f"--model={model}",
         f"--quick={FLAGS.quick}",
     ]
     if FLAGS.jit_modes:
@@ -105,7 +110,7 @@ def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
         stderr += f"\ntimed out after {FLAGS.timeout} s"
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
             result.update(model=model, backend=backend or "reference")
             if label_suffix and "jit" in result:
                 result["jit"] += label_suffix
@@ -113,17 +118,25 @@ def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
             _print_result(result)
     if process.returncode != 0:
         # Keep what was measured; record why the rest is missing.
-        results.append(dict(model=model, backend=backend or "reference", work="worker",
-                            error=stderr.strip()[-2000:]))
+        results.append(
+            dict(
+                model=model,
+                backend=backend or "reference",
+                work="worker",
+                error=stderr.strip()[-2000:],
+            )
+        )
         print(f"  worker failed:\n{stderr.strip()[-2000:]}", flush=True)
     return results
 
 
 def _print_result(r):
     if "images_per_second" in r:
-        print(f"  {r['work']:9s} {r['jit']:13s} memory_efficient={r['memory_efficient']!s:5s} "
-              f"{r['images_per_second']:8.1f} img/s (warm-up {r['warmup_seconds']:.1f} s)",
-              flush=True)
+        print(
+            f"  {r['work']:9s} {r['jit']:13s} memory_efficient={r['memory_efficient']!s:5s} "
+            f"{r['images_per_second']:8.1f} img/s (warm-up {r['warmup_seconds']:.1f} s)",
+            flush=True,
+        )
     elif "error" in r:
         print(f"  {r['work']} {r.get('jit', '')} failed: {r['error'][:300]}", flush=True)
 

@@ -79,9 +79,15 @@ def measure(workload, jit_modes=None):
     for jit in jit_values:
         for memory_efficient in (False, True):
             yield _guarded(
-                lambda: _train(workload, jit, memory_efficient, x_train, y_train),
-                dict(work="train", batch=workload.train_batch, jit=modes[jit],
-                     memory_efficient=memory_efficient),
+                lambda jit=jit, memory_efficient=memory_efficient: _train(
+                    workload, jit, memory_efficient, x_train, y_train
+                ),
+                dict(
+                    work="train",
+                    batch=workload.train_batch,
+                    jit=modes[jit],
+                    memory_efficient=memory_efficient,
+                ),
             )
             gc.collect()
 
@@ -95,9 +101,8 @@ def measure(workload, jit_modes=None):
             ("inverse", model.inverse_model(jit_compile=jit), phi),
         ):
             yield _guarded(
-                lambda: _predict(target, inputs, workload.infer_batch),
-                dict(work=work, batch=workload.infer_batch, jit=modes[jit],
-                     memory_efficient=False),
+                lambda target=target, inputs=inputs: _predict(target, inputs, workload.infer_batch),
+                dict(work=work, batch=workload.infer_batch, jit=modes[jit], memory_efficient=False),
             )
         del model
         gc.collect()
@@ -118,8 +123,9 @@ def _train(workload, jit, memory_efficient, x, y):
         jit_compile=jit,
     )
     timer = StepTimer()
-    model.fit(x, y, batch_size=workload.train_batch, epochs=1, shuffle=False, verbose=0,
-              callbacks=[timer])
+    model.fit(
+        x, y, batch_size=workload.train_batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
+    )
     return timer.result(workload.train_batch)
 
 

@@ -1,4 +1,5 @@
-"""The yardstick: plain-PyTorch i-RevNet (benchmarks/torch_irevnet.py), timed like the authors' code.
+"""The yardstick: a plain-PyTorch i-RevNet (benchmarks/torch_irevnet.py), timed as the authors'
+code runs.
 
 Training step as the authors' train loop runs it (eager, SGD with momentum 0.9 and weight
 decay, cross-entropy), inference and inverse in `eval()` mode under `torch.no_grad()`. Also
@@ -56,15 +57,14 @@ def matmul_peak_gflops(repeats=5):
     2048^3 torch matmul reached 220 GFLOP/s while oneDNN's convolutions reached 560, so one
     size alone understated the machine (and gave "% of peak" above 100).
     """
-    import numpy as np
 
     best = 0.0
     for size in MATMUL_SIZES:
         a, b = torch.randn(size, size), torch.randn(size, size)
-        _, seconds = time_steps(lambda: torch.mm(a, b), repeats)
+        _, seconds = time_steps(lambda a=a, b=b: torch.mm(a, b), repeats)
         best = max(best, 2 * size**3 / seconds / 1e9)
         an, bn = a.numpy(), b.numpy()
-        _, seconds = time_steps(lambda: an @ bn, repeats)
+        _, seconds = time_steps(lambda an=an, bn=bn: an @ bn, repeats)
         best = max(best, 2 * size**3 / seconds / 1e9)
     return best
 
@@ -94,12 +94,15 @@ def measure(workload):
     with torch.no_grad():
         phi = model.features(x)
 
-        yield _result("inference", workload.infer_batch,
-                      *time_steps(lambda: model(x), workload.steps))
-        yield _result("inverse", workload.infer_batch,
-                      *time_steps(lambda: model.inverse(phi), workload.steps))
+        yield _result(
+            "inference", workload.infer_batch, *time_steps(lambda: model(x), workload.steps)
+        )
+        yield _result(
+            "inverse", workload.infer_batch, *time_steps(lambda: model.inverse(phi), workload.steps)
+        )
 
 
 def _result(work, batch, first, seconds):
-    return dict(work=work, batch=batch, jit="eager", memory_efficient=False,
-                **rates(batch, first, seconds))
+    return dict(
+        work=work, batch=batch, jit="eager", memory_efficient=False, **rates(batch, first, seconds)
+    )

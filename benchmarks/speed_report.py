@@ -1,4 +1,4 @@
-"""speed.json, speed.md (tables and the issue's targets) and speed.png from the benchmark's results."""
+"""speed.json, speed.md (tables and the targets) and speed.png from the benchmark's results."""
 
 import importlib.metadata
 import json
@@ -53,8 +53,11 @@ def summarize(records):
 
 
 def _best(rows, backend, work):
-    timed = [r for r in rows if r["backend"] == backend and r["work"] == work
-             and "images_per_second" in r]
+    timed = [
+        r
+        for r in rows
+        if r["backend"] == backend and r["work"] == work and "images_per_second" in r
+    ]
     return max(timed, key=lambda r: r["images_per_second"]) if timed else None
 
 
@@ -78,10 +81,12 @@ def _targets(rows):
     for b in backends:
         # The fastest inverse against the fastest forward pass (each in its best mode).
         if best[b, "inverse"] and best[b, "inference"]:
-            ratio = (best[b, "inverse"]["images_per_second"]
-                     / best[b, "inference"]["images_per_second"])
-            inverse[b] = dict(inverse_vs_forward=ratio, jit=best[b, "inverse"]["jit"],
-                              met=ratio >= 0.9)
+            ratio = (
+                best[b, "inverse"]["images_per_second"] / best[b, "inference"]["images_per_second"]
+            )
+            inverse[b] = dict(
+                inverse_vs_forward=ratio, jit=best[b, "inverse"]["jit"], met=ratio >= 0.9
+            )
     targets["inverse"] = inverse
     return targets
 
@@ -115,9 +120,11 @@ def markdown(records, summary, machine):
         rows.sort(key=lambda r: (order.index(r["backend"]), WORKS.index(r["work"])))
         for r in rows:
             if "images_per_second" not in r:
-                lines.append(f"| {r['backend']} | {r.get('jit', '')} | "
-                             f"{r.get('memory_efficient', '')} | {r['work']} | failed: "
-                             f"{r['error'][:120]} | | | | |")
+                lines.append(
+                    f"| {r['backend']} | {r.get('jit', '')} | "
+                    f"{r.get('memory_efficient', '')} | {r['work']} | failed: "
+                    f"{r['error'][:120]} | | | | |"
+                )
                 continue
             lines.append(
                 f"| {r['backend']} | {r['jit']} | {r['memory_efficient']} | {r['work']} | "
@@ -169,12 +176,23 @@ def plot(records, summary, path):
                 values.append(best["vs_reference"] if best and "vs_reference" in best else 0)
                 labels.append(best["jit"] if best else "")
             xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(WORKS))]
-            bars = ax.bar(xs, values, width, color=colors[backend],
-                          label="plain torch (reference)" if backend == "reference" else backend)
+            bars = ax.bar(
+                xs,
+                values,
+                width,
+                color=colors[backend],
+                label="plain torch (reference)" if backend == "reference" else backend,
+            )
             for bar, value, label in zip(bars, values, labels):
                 if value:
-                    ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}\n{label}",
-                            ha="center", va="bottom", fontsize=6)
+                    ax.text(
+                        bar.get_x() + bar.get_width() / 2,
+                        value,
+                        f"{value:.2f}\n{label}",
+                        ha="center",
+                        va="bottom",
+                        fontsize=6,
+                    )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(0.7, color="k", lw=0.6, ls=":")
         ax.set_xticks(range(len(WORKS)), WORKS)

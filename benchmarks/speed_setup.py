@@ -8,17 +8,19 @@ import dataclasses
 import statistics
 import time
 
-from keras_irevnet.models.applications import BIJECTIVE_CONFIG, CIFAR_CONFIG
+from keras_irevnet.models.presets import PRESETS
 
 MODELS = {
-    "cifar": dict(config=CIFAR_CONFIG, classes=10, constructor="IRevNetCIFAR"),
-    "bijective": dict(config=BIJECTIVE_CONFIG, classes=1000, constructor="IRevNetBijective"),
+    "cifar": dict(config=PRESETS["cifar"].architecture, classes=10, constructor="IRevNetCIFAR"),
+    "bijective": dict(
+        config=PRESETS["bijective"].architecture, classes=1000, constructor="IRevNetBijective"
+    ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """One model at one size: REFERENCE.md's batches (full) or a smaller version (quick)."""
+    """One model at one size: the full benchmark's batches or a smaller version (quick)."""
 
     model: str
     image_size: int

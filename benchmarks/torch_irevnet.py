@@ -1,4 +1,4 @@
-"""A plain-PyTorch i-RevNet written from ../shared/REFERENCE.md (NCHW, no Keras).
+"""A plain-PyTorch i-RevNet written from docs/reference.md (NCHW, no Keras).
 
 Two jobs: the independent reference the tests compare our Keras models against (same
 weights -> same logits, Phi(x) and inverse), and the yardstick of the speed benchmarks. Its
@@ -81,15 +81,18 @@ class Block(nn.Module):
 class TorchIRevNet(nn.Module):
     """i-RevNet in plain PyTorch; `forward` returns (logits, Phi(x)) as the authors' code."""
 
-    def __init__(self, blocks, strides, channels, init_ds=2, in_channels=3, classes=1000,
-                 dropout=0.0, mult=4):
+    def __init__(
+        self, blocks, strides, channels, init_ds=2, in_channels=3, classes=1000, dropout=0.0, mult=4
+    ):
         super().__init__()
         self.init_ds = init_ds
         in_ch = in_channels * (4 if init_ds else 1)
         self.stack = nn.ModuleList()
         for n, s, c in zip(blocks, strides, channels):
             for j in range(n):
-                self.stack.append(Block(in_ch, c, s if j == 0 else 1, not self.stack, dropout, mult))
+                self.stack.append(
+                    Block(in_ch, c, s if j == 0 else 1, not self.stack, dropout, mult)
+                )
                 in_ch = 2 * c
         self.bn1 = nn.BatchNorm2d(in_ch, momentum=0.9)
         self.linear = nn.Linear(in_ch, classes)

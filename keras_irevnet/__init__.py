@@ -13,7 +13,7 @@ from keras_irevnet.models import (
     IRevNetCIFAR,
     IRevNetInjective,
 )
-from keras_irevnet.preprocessing import deprocess_input, preprocess_input
+from keras_irevnet.preprocessing import decode_predictions, deprocess_input, preprocess_input
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "IRevNetCIFAR",
     "IRevNetInjective",
     "callbacks",
+    "decode_predictions",
     "deprocess_input",
     "export_onnx",
     "export_saved_model",

@@ -27,7 +27,7 @@ def _split_extension(name):
     """("model", ".keras"), ("epoch-0001", ".weights.h5"): writers such as Keras' `save`
     check the whole extension, so a temporary name must keep it."""
     hidden = name[: len(name) - len(name.lstrip("."))]
-    stem, dot, extension = name[len(hidden):].partition(".")
+    stem, dot, extension = name[len(hidden) :].partition(".")
     return hidden + stem, dot + extension
 
 
@@ -88,8 +88,7 @@ def atomic_path(path, *, directory=False):
     os.makedirs(parent, exist_ok=True)
     stem, extension = _split_extension(name)
     if directory:
-        temporary = tempfile.mkdtemp(prefix=f".{stem}{PARTIAL_MARK}", suffix=extension,
-                                     dir=parent)
+        temporary = tempfile.mkdtemp(prefix=f".{stem}{PARTIAL_MARK}", suffix=extension, dir=parent)
     else:
         handle, temporary = tempfile.mkstemp(
             prefix=f".{stem}{PARTIAL_MARK}", suffix=extension, dir=parent
@@ -115,7 +114,9 @@ def atomic_path(path, *, directory=False):
 def atomic_open(path, mode="w", **kwargs):
     """`open(path, mode)` whose content replaces `path` only once the block completes."""
     if not any(flag in mode for flag in "wx"):
-        raise ValueError(f"atomic_open writes a whole file: mode must be 'w' or 'wb', got {mode!r}.")
+        raise ValueError(
+            f"atomic_open writes a whole file: mode must be 'w' or 'wb', got {mode!r}."
+        )
     with atomic_path(path) as temporary:
         with open(temporary, mode, **kwargs) as stream:
             yield stream
@@ -198,11 +199,12 @@ def remove_partials(directory, name=None):
     """
     if not os.path.isdir(directory):
         return []
+
     def of_name(entry):
         if name is None:
             return True
         stem, extension = _split_extension(os.path.basename(name))
-        rest = entry[len(f".{stem}{PARTIAL_MARK}"):]
+        rest = entry[len(f".{stem}{PARTIAL_MARK}") :]
         return entry.startswith(f".{stem}{PARTIAL_MARK}") and (
             rest.endswith(extension) and "." not in rest[: len(rest) - len(extension)]
         )

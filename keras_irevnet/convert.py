@@ -188,7 +188,9 @@ def _entry_problems(model, state, plan):
         name
         for name in state
         if name not in planned
-        and not (name.endswith(_IGNORED_SUFFIX) and name[: -len(_IGNORED_SUFFIX)] + ".weight" in planned)
+        and not (
+            name.endswith(_IGNORED_SUFFIX) and name[: -len(_IGNORED_SUFFIX)] + ".weight" in planned
+        )
     ]
     problems = []
     if missing:

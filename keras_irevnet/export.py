@@ -329,7 +329,7 @@ def _write_onnx_graphs(model, directory, opset):
 
     # One forward graph with both outputs, taken from the model's own functional graph, so
     # Phi(x) is computed once and the head reads it (two calls would trace it twice).
-    two_outputs = keras.Model(model.inputs, [model.outputs[0], model.block_stack.output])
+    two_outputs = keras.Model(model.inputs, [model.outputs[0], model.features_output])
 
     # Dict outputs: tf2onnx names the ONNX outputs after the keys.
     @tf.function(input_signature=images_signature, autograph=False)

@@ -22,14 +22,7 @@ def _seed_and_policy():
 @pytest.fixture
 def float64_enabled():
     """Turns on JAX's 64-bit mode for one test (JAX computes float64 as float32 otherwise)."""
-    if keras.backend.backend() != "jax":
-        yield
-        return
-    import jax
+    from tests.helpers import float64_mode
 
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
+    with float64_mode():
         yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)

@@ -1,5 +1,6 @@
 """Shared test utilities: relative errors and real photos."""
 
+import contextlib
 import functools
 
 import keras
@@ -49,3 +50,61 @@ def once_in(backend, why):
     return pytest.mark.skipif(
         keras.backend.backend() != backend, reason=f"runs once, in the {backend} suite: {why}"
     )
+
+
+# The tests' tiny i-RevNet: every kind of piece (initial psi, a stride-1 and a stride-2 block,
+# the head) in seconds. Logits: a relative error on logits is stricter than on softmax.
+TINY = dict(
+    blocks=(1, 1),
+    strides=(1, 2),
+    channels=(8, 32),
+    init_ds=2,
+    mult=4,
+    input_shape=(32, 32, 3),
+    classes=5,
+    classifier_activation=None,
+)
+
+
+def tiny_model(seed=0, **overrides):
+    """The tests' one small-model factory: `TINY` with `overrides`, seeded weights."""
+    import keras_irevnet as kir
+
+    keras.utils.set_random_seed(seed)
+    return kir.IRevNet(**{**TINY, **overrides})
+
+
+@contextlib.contextmanager
+def float64_mode():
+    """JAX computes float64 only in its 64-bit mode (float32 otherwise); the other backends
+    always do. Turns the mode on for the block and restores it."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+# Prepended to every child script: refuses to import the named packages, so the child proves
+# that the artifact needs none of them. TensorFlow itself looks keras up while importing, so
+# the modules are refused when loaded (not hidden from importlib.util.find_spec).
+IMPORT_BLOCKER = """
+import importlib.abc, importlib.machinery, sys
+BLOCKED = {blocked!r}
+class _Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        raise ImportError("not importable in this process: " + module.__name__)
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return importlib.machinery.ModuleSpec(name, _Refuse())
+sys.meta_path.insert(0, _Block())
+"""

@@ -12,10 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-import keras_irevnet as kir
 from keras_irevnet import analysis
 from keras_irevnet.analysis import stability
-from tests.helpers import preprocessed_photos, relative_error
+from tests.helpers import preprocessed_photos, relative_error, tiny_model
 
 
 def digits_arrays():
@@ -57,11 +56,14 @@ def digits_model():
     these tests on JAX): trained weights and BatchNorm statistics give a non-trivial
     Jacobian, and Phi(x) has exactly as many numbers (192) as an 8x8 RGB image.
     """
-    keras.utils.set_random_seed(0)
     x, y = digits_arrays()
-    model = kir.IRevNet(
-        blocks=(2, 1), strides=(1, 2), channels=(6, 24), init_ds=2, mult=2,
-        input_shape=(8, 8, 3), classes=10,
+    model = tiny_model(
+        blocks=(2, 1),
+        channels=(6, 24),
+        mult=2,
+        input_shape=(8, 8, 3),
+        classes=10,
+        classifier_activation="softmax",
     )
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     model.fit(x[:1200], y[:1200], epochs=3, batch_size=64, verbose=0)
@@ -231,8 +233,9 @@ def test_separation_and_pca_curves_beat_chance(digits_model):
     # With all components the 1-NN sees the same distances as on the standardized features.
     assert pca[-1]["nn"] == pytest.approx(separation[-1]["nn"], abs=0.02)
 
-    only_nn = analysis.pca_contraction(train[3], y[:600], test[3], y[1200:1500], dims=[3, 5],
-                                       classifiers=["nn"])
+    only_nn = analysis.pca_contraction(
+        train[3], y[:600], test[3], y[1200:1500], dims=[3, 5], classifiers=["nn"]
+    )
     assert [set(r) for r in only_nn] == [{"dims", "nn"}] * 2
     with pytest.raises(ValueError, match="between 1 and 48"):
         analysis.pca_contraction(train[3], y[:600], test[3], y[1200:1500], dims=[49])
@@ -260,16 +263,25 @@ def test_figures_are_valid_pngs(tmp_path, digits_model):
     strips = analysis.interpolate(digits_model, photos[:2], photos[2:], steps=4)
     grey = np.random.default_rng(0).normal(size=(3, 8, 8, 1))
     written = [
-        figures.plot_reconstructions(photos, analysis.reconstruct(digits_model, photos),
-                                     str(tmp_path / "rec.png"), rel_error=1e-7),
+        figures.plot_reconstructions(
+            photos,
+            analysis.reconstruct(digits_model, photos),
+            str(tmp_path / "rec.png"),
+            rel_error=1e-7,
+        ),
         figures.plot_reconstructions(grey, grey, str(tmp_path / "grey.png")),
         figures.plot_interpolations(strips, str(tmp_path / "sub" / "interp.png")),
         figures.plot_singular_values(np.logspace(1, -3, 50), str(tmp_path / "sv.png")),
-        figures.plot_separation([{"block": 1, "nn": 0.3, "svm": 0.4},
-                                 {"block": 2, "nn": 0.8, "svm": 0.9}],
-                                str(tmp_path / "sep.png"), chance=0.1),
-        figures.plot_pca([{"dims": 1, "nn": 0.3, "svm": 0.2}, {"dims": 4, "nn": 0.9, "svm": 0.9}],
-                         str(tmp_path / "pca.png"), chance=0.1),
+        figures.plot_separation(
+            [{"block": 1, "nn": 0.3, "svm": 0.4}, {"block": 2, "nn": 0.8, "svm": 0.9}],
+            str(tmp_path / "sep.png"),
+            chance=0.1,
+        ),
+        figures.plot_pca(
+            [{"dims": 1, "nn": 0.3, "svm": 0.2}, {"dims": 4, "nn": 0.9, "svm": 0.9}],
+            str(tmp_path / "pca.png"),
+            chance=0.1,
+        ),
     ]
     for path in written:
         assert_png(path)
@@ -279,14 +291,27 @@ def test_figures_are_valid_pngs(tmp_path, digits_model):
 
 def program_args(model_path, output_dir, **overrides):
     args = dict(
-        model_path=model_path, dataset="digits", data_dir=None, output_dir=output_dir,
-        num_train=300, num_test=100, jacobian_k=0, jacobian_image=0, pca_dims=[], svm_c=1.0,
-        num_images=4, num_pairs=2, steps=4, batch_size=64, verbose=0,
+        model_path=model_path,
+        dataset="digits",
+        data_dir=None,
+        output_dir=output_dir,
+        num_train=300,
+        num_test=100,
+        jacobian_k=0,
+        jacobian_image=0,
+        pca_dims=[],
+        svm_c=1.0,
+        num_images=4,
+        num_pairs=2,
+        steps=4,
+        batch_size=64,
+        verbose=0,
     )
     args.update(overrides)
     return args
 
 
+@pytest.mark.slow
 def test_analyze_program_on_a_trained_model(tmp_path, digits_model):
     """The program end to end: the data pipeline's digits, a saved model, five figures."""
     from applications import analyze
@@ -308,15 +333,27 @@ def test_analyze_program_on_a_trained_model(tmp_path, digits_model):
     assert values.shape == (8 * 8 * 3,) and np.all(np.diff(values) <= 0) and values[-1] > 0
     assert saved["interpolation"]["end_rel_error"] < 1e-5
     assert sorted(results["figures"]) == [
-        "interpolations", "pca", "reconstructions", "separation", "singular_values"
+        "interpolations",
+        "pca",
+        "reconstructions",
+        "separation",
+        "singular_values",
     ]
     for path in results["figures"].values():
         assert os.path.dirname(path) == output_dir
         assert_png(path)
 
     # The matrix-free path of the program, and its argument checks.
-    top = analyze.run(program_args(model_path, str(tmp_path / "top"), jacobian_k=3,
-                                   pca_dims=["2", "8"], num_train=100, num_test=50))
+    top = analyze.run(
+        program_args(
+            model_path,
+            str(tmp_path / "top"),
+            jacobian_k=3,
+            pca_dims=["2", "8"],
+            num_train=100,
+            num_test=50,
+        )
+    )
     np.testing.assert_allclose(top["jacobian_singular_values"], values[:3], rtol=1e-4)
     assert [r["dims"] for r in top["pca"]] == [2, 8]
     with pytest.raises(ValueError, match="pca_dims"):
@@ -325,15 +362,26 @@ def test_analyze_program_on_a_trained_model(tmp_path, digits_model):
         analyze.run(program_args(str(tmp_path / "missing.keras"), str(tmp_path / "x")))
 
 
+@pytest.mark.slow
 def test_invert_program(tmp_path, digits_model):
     from applications import invert
 
     model_path = str(tmp_path / "model.keras")
     digits_model.save(model_path)
-    results = invert.run(dict(
-        model_path=model_path, dataset="digits", data_dir=None, output_dir=None, num_eval=40,
-        num_images=3, num_pairs=2, steps=3, batch_size=32, verbose=0,
-    ))
+    results = invert.run(
+        dict(
+            model_path=model_path,
+            dataset="digits",
+            data_dir=None,
+            output_dir=None,
+            num_eval=40,
+            num_images=3,
+            num_pairs=2,
+            steps=3,
+            batch_size=32,
+            verbose=0,
+        )
+    )
     # The default output folder sits beside the model.
     assert os.path.dirname(results["json"]) == str(tmp_path / "inversion")
     assert results["reconstruction"]["rel_error"] < 1e-5

@@ -7,7 +7,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -63,14 +62,27 @@ def test_a_directory_replaces_only_an_empty_one(tmp_path):
 
 def test_json_is_standard_json(tmp_path):
     path = tmp_path / "metrics.json"
-    atomic.write_json(path, {"loss": float("nan"), "top1": np.float32(0.5), "steps": np.int64(3),
-                             "curve": [1.0, float("inf")], "shape": np.array([2, 3])})
+    atomic.write_json(
+        path,
+        {
+            "loss": float("nan"),
+            "top1": np.float32(0.5),
+            "steps": np.int64(3),
+            "curve": [1.0, float("inf")],
+            "shape": np.array([2, 3]),
+        },
+    )
 
     def refuse(constant):
         raise ValueError(constant)
 
     assert json.loads(path.read_text(), parse_constant=refuse) == {
-        "loss": None, "top1": 0.5, "steps": 3, "curve": [1.0, None], "shape": [2, 3]}
+        "loss": None,
+        "top1": 0.5,
+        "steps": 3,
+        "curve": [1.0, None],
+        "shape": [2, 3],
+    }
     path.write_text('{"a": ')
     with pytest.raises(ValueError, match=rf"{path} is not valid JSON .*Do this\."):
         atomic.read_json(path, what="Do this.")
@@ -82,6 +94,7 @@ def test_atomic_open_writes_whole_files_only(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_a_killed_writer_leaves_the_old_file_and_a_leftover_that_is_cleared(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("old\n")
@@ -107,8 +120,7 @@ def test_a_killed_writer_leaves_the_old_file_and_a_leftover_that_is_cleared(tmp_
     leftovers = [n for n in os.listdir(tmp_path) if n != "history.csv"]
     assert len(leftovers) == 1 and atomic.is_partial(leftovers[0])
     (tmp_path / ".other.partial-abc123").write_text("another file's leftover")
-    assert atomic.remove_partials(tmp_path, name="history.csv") == [
-        str(tmp_path / leftovers[0])]
+    assert atomic.remove_partials(tmp_path, name="history.csv") == [str(tmp_path / leftovers[0])]
     assert sorted(os.listdir(tmp_path)) == [".other.partial-abc123", "history.csv"]
     atomic.remove_partials(tmp_path)
     assert os.listdir(tmp_path) == ["history.csv"]

@@ -9,17 +9,25 @@ from benchmarks.speed_setup import time_steps, workloads
 
 
 def _timing(backend, work, images_per_second, jit="eager", memory_efficient=False):
-    return dict(model="cifar", backend=backend, work=work, jit=jit, batch=64,
-                memory_efficient=memory_efficient, images_per_second=images_per_second,
-                step_seconds=64 / images_per_second, warmup_seconds=1.0)
+    return dict(
+        model="cifar",
+        backend=backend,
+        work=work,
+        jit=jit,
+        batch=64,
+        memory_efficient=memory_efficient,
+        images_per_second=images_per_second,
+        step_seconds=64 / images_per_second,
+        warmup_seconds=1.0,
+    )
 
 
-def test_reference_flop_count_matches_reference_md():
+def test_reference_flop_count_matches_the_documented_count():
     torch = pytest.importorskip("torch")
     del torch
     from benchmarks.speed_reference import forward_flops, reference_model
 
-    # REFERENCE.md: 0.99 GFLOP per 32x32 image (CIFAR); 28.9 per 224x224 image (ImageNet (b)).
+    # docs/reference.md: 0.99 GFLOP per 32x32 image (CIFAR); 28.9 per 224x224 image (ImageNet (b)).
     assert forward_flops(reference_model("cifar"), 32) / 1e9 == pytest.approx(0.99, abs=0.01)
     assert forward_flops(reference_model("bijective"), 224) / 1e9 == pytest.approx(28.9, abs=0.1)
 
@@ -37,8 +45,14 @@ def test_report_ratios_targets_and_files(tmp_path):
         _timing("jax", "train", 20.0, "jax.jit", True),
         _timing("jax", "inference", 90.0, "jax.jit"),
         _timing("jax", "inverse", 60.0, "jax.jit"),
-        dict(model="cifar", backend="torch", work="train", jit="torch.compile",
-             memory_efficient=False, error="RuntimeError: no compiler"),
+        dict(
+            model="cifar",
+            backend="torch",
+            work="train",
+            jit="torch.compile",
+            memory_efficient=False,
+            error="RuntimeError: no compiler",
+        ),
     ]
     summary = speed_report.summarize(records)
     targets = summary["cifar"]["targets"]
@@ -51,9 +65,16 @@ def test_report_ratios_targets_and_files(tmp_path):
     assert tf_train["gflops"] == pytest.approx(44 * 3)  # training counts 3x forward FLOPs
     assert tf_train["fraction_of_peak"] == pytest.approx(44 * 3 / 200)
 
-    machine = dict(processor="cpu", platform="linux", cpus=2, python="3.11", quick=True,
-                   workloads=[w.__dict__ for w in workloads(True)], total_seconds=60,
-                   date="today")
+    machine = dict(
+        processor="cpu",
+        platform="linux",
+        cpus=2,
+        python="3.11",
+        quick=True,
+        workloads=[w.__dict__ for w in workloads(True)],
+        total_seconds=60,
+        date="today",
+    )
     speed_report.write(records, machine, str(tmp_path))
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["summary"]["cifar"]["matmul_peak_gflops"] == 200.0

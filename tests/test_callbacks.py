@@ -9,20 +9,16 @@ import keras_irevnet as kir
 from keras_irevnet import data
 from keras_irevnet.callbacks import InversionMonitor
 
-TINY = dict(blocks=(2, 2), strides=(1, 2), channels=(6, 24), init_ds=2, mult=1,
-            input_shape=(16, 16, 3), classes=10)
-
 
 def _digits(split, count):
     images, labels = next(
-        data.make_dataset("digits", split, count, seed=0, repeat=False).dataset
-        .as_numpy_iterator()
+        data.make_dataset("digits", split, count, seed=0, repeat=False).dataset.as_numpy_iterator()
     )
     return images, labels
 
 
 def _model(dtype=None):
-    model = kir.IRevNet(**TINY, dtype=dtype)
+    model = kir.IRevNet.from_preset("tiny", dtype=dtype)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
     return model
 
@@ -31,8 +27,14 @@ def test_each_validation_logs_the_inversion_error():
     x, y = _digits("train", 64)
     x_val, y_val = _digits("validation", 32)
     history = _model().fit(
-        x, y, batch_size=16, epochs=3, verbose=0, validation_data=(x_val, y_val),
-        validation_freq=2, callbacks=[InversionMonitor(x_val[:8])],
+        x,
+        y,
+        batch_size=16,
+        epochs=3,
+        verbose=0,
+        validation_data=(x_val, y_val),
+        validation_freq=2,
+        callbacks=[InversionMonitor(x_val[:8])],
     )
     errors = history.history["val_inverse_rel_error"]
     # Validated after epochs 2 only (validation_freq=2): measured then, not after epochs 1, 3.
@@ -41,8 +43,14 @@ def test_each_validation_logs_the_inversion_error():
 
 def test_every_epoch_without_validation():
     x, y = _digits("train", 32)
-    history = _model().fit(x, y, batch_size=16, epochs=2, verbose=0,
-                           callbacks=[InversionMonitor(x[:4], every_epoch=True)])
+    history = _model().fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=[InversionMonitor(x[:4], every_epoch=True)],
+    )
     assert len(history.history["val_inverse_rel_error"]) == 2
 
 
@@ -51,8 +59,14 @@ def test_a_degraded_inverse_is_visible():
     x, y = _digits("train", 32)
     logged = {}
     for policy in ("float32", "mixed_bfloat16"):
-        history = _model(policy).fit(x, y, batch_size=16, epochs=1, verbose=0,
-                                     callbacks=[InversionMonitor(x[:8], every_epoch=True)])
+        history = _model(policy).fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=1,
+            verbose=0,
+            callbacks=[InversionMonitor(x[:8], every_epoch=True)],
+        )
         logged[policy] = history.history["val_inverse_rel_error"][0]
     assert logged["float32"] < 1e-5 < 1e-3 < logged["mixed_bfloat16"], logged
 
@@ -61,11 +75,17 @@ def test_reconstructions_go_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
     x, y = _digits("train", 32)
-    _model().fit(x, y, batch_size=16, epochs=2, verbose=0,
-                 callbacks=[InversionMonitor(x[:6], log_dir=str(tmp_path), num_shown=3,
-                                             every_epoch=True)])
-    log = event_accumulator.EventAccumulator(str(tmp_path / "inversion"),
-                                             size_guidance={"tensors": 0})
+    _model().fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=[InversionMonitor(x[:6], log_dir=str(tmp_path), num_shown=3, every_epoch=True)],
+    )
+    log = event_accumulator.EventAccumulator(
+        str(tmp_path / "inversion"), size_guidance={"tensors": 0}
+    )
     log.Reload()
     (tag,) = log.Tags()["tensors"]
     events = log.Tensors(tag)

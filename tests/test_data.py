@@ -3,9 +3,12 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import keras_irevnet as kir
 from keras_irevnet import data
+from keras_irevnet.data import digits
 from keras_irevnet.preprocessing import NORMALIZATION
 
 
@@ -50,8 +53,7 @@ def test_tfds_pipelines_on_mock_data(name, size, mode, classes, split):
 
 def test_imagenet_train_batches_are_full_and_repeat():
     with tfds.testing.mock_data(num_examples=6):
-        made = data.make_dataset("imagenet2012", "train", 4, image_size=32, seed=0,
-                                 prepare=False)
+        made = data.make_dataset("imagenet2012", "train", 4, image_size=32, seed=0, prepare=False)
         batches = list(made.dataset.take(5).as_numpy_iterator())
     # drop_remainder + repeat: every training batch is full, the pipeline never ends.
     assert [b[0].shape[0] for b in batches] == [4] * 5
@@ -89,8 +91,13 @@ def test_unknown_dataset_and_bad_batch():
 def test_missing_imagenet_archive_names_file_and_place(tmp_path):
     (tmp_path / "manual").mkdir()
     with pytest.raises(FileNotFoundError) as error:
-        data.make_dataset("imagenet2012", "train", 8, data_dir=str(tmp_path / "tfds"),
-                          manual_dir=str(tmp_path / "manual"))
+        data.make_dataset(
+            "imagenet2012",
+            "train",
+            8,
+            data_dir=str(tmp_path / "tfds"),
+            manual_dir=str(tmp_path / "manual"),
+        )
     message = str(error.value)
     assert "ILSVRC2012_img_train.tar" in message
     assert str(tmp_path / "manual" / "ILSVRC2012_img_train.tar") in message
@@ -102,16 +109,17 @@ def test_missing_imagenet_archive_names_file_and_place(tmp_path):
 @pytest.mark.parametrize("name", ["imagenet2012", "cifar10", "digits"])
 def test_fit_from_pipelines_on_this_backend(name):
     """model.fit / evaluate read the tf.data pipelines on TensorFlow, JAX and torch alike."""
-    from applications.training import presets
 
     with tfds.testing.mock_data(num_examples=8):
         train = data.make_dataset(name, "train", 4, image_size=16, seed=0, prepare=False)
         validation = data.make_dataset(name, "validation", 4, image_size=16, prepare=False)
-        model = presets.build_model("tiny", 16, train.classes)
-        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        history = model.fit(train.dataset, epochs=1, steps_per_epoch=2, verbose=0,
-                            shuffle=False)
+        model = kir.IRevNet.from_preset("tiny", classes=train.classes)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        history = model.fit(train.dataset, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
         results = model.evaluate(validation.dataset, steps=2, verbose=0, return_dict=True)
     assert np.isfinite(history.history["loss"][0])
     assert 0.0 <= results["accuracy"] <= 1.0
@@ -135,17 +143,50 @@ def test_start_step_continues_where_a_run_stopped():
         data.make_dataset("digits", "validation", 16, start_step=3)
 
 
+@pytest.mark.parametrize("name", ["digits", "cifar10"])
+def test_batches_do_not_depend_on_earlier_iterations(name):
+    """Keras may open an iterator to peek at a batch before training: the batches a seeded
+    pipeline yields must be the same whether or not it was iterated before, and each pass
+    over the data must still be shuffled and augmented afresh."""
+    with tfds.testing.mock_data(num_examples=24):
+
+        def pipeline():
+            return data.make_dataset(name, "train", 8, image_size=16, seed=3, prepare=False)
+
+        peeked = pipeline().dataset
+        next(iter(peeked))
+        passes = pipeline().num_examples // 8
+        fresh = _images(pipeline().dataset, 2 * passes)
+        for expected, got in zip(fresh, _images(peeked, 2 * passes)):
+            np.testing.assert_array_equal(expected, got)
+    first_pass, second_pass = np.concatenate(fresh[:passes]), np.concatenate(fresh[passes:])
+    assert not np.array_equal(first_pass, second_pass)
+
+
+def test_keras_sees_training_as_endless_and_evaluation_as_its_steps():
+    # Keras keeps one iterator over the epochs only for an infinite dataset, and sizes its
+    # progress bars and evaluation from a finite one's cardinality.
+    train = data.make_dataset("digits", "train", 16, seed=0)
+    validation = data.make_dataset("digits", "validation", 16)
+    assert int(train.dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
+    steps = -(-digits.NUM_VALIDATION // 16)
+    assert int(validation.dataset.cardinality()) == validation.steps == steps
+
+
 def test_worker_shares_make_up_the_global_batches():
     """Worker i of W gets the i-th contiguous W-th of every global batch (from step k too)."""
     kwargs = dict(seed=2, start_step=3)
     global_batches = _images(data.make_dataset("digits", "train", 16, **kwargs).dataset, 4)
     shares = [
-        np.concatenate(_images(
-            data.make_dataset("digits", "train", 16, shard=(i, 2), **kwargs).dataset, 2))
+        np.concatenate(
+            _images(data.make_dataset("digits", "train", 16, shard=(i, 2), **kwargs).dataset, 2)
+        )
         for i in range(2)
     ]
     for k, batch in enumerate(global_batches):
         for i in range(2):
-            np.testing.assert_array_equal(shares[i][8 * k: 8 * (k + 1)], batch[8 * i: 8 * (i + 1)])
+            np.testing.assert_array_equal(
+                shares[i][8 * k : 8 * (k + 1)], batch[8 * i : 8 * (i + 1)]
+            )
     with pytest.raises(ValueError, match="must divide evenly over the 3 workers"):
         data.make_dataset("digits", "train", 16, shard=(0, 3))

@@ -18,17 +18,22 @@ import pytest
 
 import keras_irevnet as kir
 from keras_irevnet.convert import _conv_kernel, _weight_plan
-from tests.helpers import preprocessed_photos, relative_error, to_numpy
+from tests.helpers import (
+    IMPORT_BLOCKER,
+    TINY,
+    preprocessed_photos,
+    relative_error,
+    tiny_model,
+    to_numpy,
+)
 
 BACKEND = keras.backend.backend()
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
-# A two-stage model with every kind of piece (initial psi, a stride-1 and a stride-2 block, a
-# head) that exports in seconds. Logits, not softmax: a relative error on logits is stricter.
-SMALL = dict(
-    blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2, input_shape=(32, 32, 3),
-    classes=5, classifier_activation=None,
-)
+# The tests' tiny model (tests/helpers.py); the programs build it as the preset "tiny" with
+# these arguments.
+SMALL = TINY
+SMALL_PRESET = "tiny"
 SMALL_JSON = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()})
 
 only_saved_model_backends = pytest.mark.skipif(
@@ -36,24 +41,6 @@ only_saved_model_backends = pytest.mark.skipif(
     reason="Keras cannot trace a SavedModel on torch; the torch route is applications/export.py "
     "(test_export_app_from_keras_file, test_export_saved_model_on_torch_says_what_to_do).",
 )
-
-# Prepended to every child script: refuses to import the named packages, so the child proves
-# that the artifact needs none of them. TensorFlow itself looks keras up while importing, so
-# the modules are refused when loaded (not hidden from importlib.util.find_spec).
-_BLOCKER = """
-import importlib.abc, importlib.machinery, sys
-BLOCKED = {blocked!r}
-class _Refuse(importlib.abc.Loader):
-    def create_module(self, spec):
-        return None
-    def exec_module(self, module):
-        raise ImportError("not importable in this process: " + module.__name__)
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in BLOCKED:
-            return importlib.machinery.ModuleSpec(name, _Refuse())
-sys.meta_path.insert(0, _Block())
-"""
 
 _SAVED_MODEL_CHILD = """
 import json
@@ -131,11 +118,15 @@ json.dump(result, open(result_path, "w"))
 def _run_child(script, blocked, args, tmp_path):
     """Runs `script` in a fresh interpreter that cannot import `blocked`; returns its JSON."""
     result_path = tmp_path / f"result_{len(os.listdir(tmp_path))}.json"
-    code = _BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(script)
+    code = IMPORT_BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(script)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     completed = subprocess.run(
         [sys.executable, "-c", code, *map(str, args), str(result_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(result_path.read_text())
@@ -143,13 +134,17 @@ def _run_child(script, blocked, args, tmp_path):
 
 def _check_in_tensorflow_only_process(export_dir, data_path, tmp_path):
     result = _run_child(
-        _SAVED_MODEL_CHILD, ("keras", "keras_irevnet", "tf_keras", "jax", "torch"),
-        (export_dir, data_path), tmp_path,
+        _SAVED_MODEL_CHILD,
+        ("keras", "keras_irevnet", "tf_keras", "jax", "torch"),
+        (export_dir, data_path),
+        tmp_path,
     )
     assert result["blocked modules loaded"] == []
     assert result["signatures"] == ["features", "inverse", "serve", "serving_default"]
     assert result["input shapes"] == {
-        "serve": [None, 32, 32, 3], "features": [None, 32, 32, 3], "inverse": [None, 8, 8, 64],
+        "serve": [None, 32, 32, 3],
+        "features": [None, 32, 32, 3],
+        "inverse": [None, 8, 8, 64],
     }
     errors = {k: v for k, v in result.items() if isinstance(v, float)}
     assert len(errors) == 8
@@ -162,7 +157,8 @@ def _check_in_onnxruntime_only_process(onnx_dir, data_path, tmp_path):
     result = _run_child(
         _ONNX_CHILD,
         ("keras", "keras_irevnet", "tf_keras", "tensorflow", "jax", "torch"),
-        (onnx_dir, data_path), tmp_path,
+        (onnx_dir, data_path),
+        tmp_path,
     )
     assert result["blocked modules loaded"] == []
     assert result["inputs"] == {"images": ["batch", 32, 32, 3], "features": ["batch", 8, 8, 64]}
@@ -185,8 +181,7 @@ def _randomize_batch_norms(model, seed):
 
 
 def _small_model(seed=0, **overrides):
-    keras.utils.set_random_seed(seed)
-    model = kir.IRevNet(**{**SMALL, **overrides})
+    model = tiny_model(seed, **overrides)
     _randomize_batch_norms(model, seed)
     return model
 
@@ -220,7 +215,7 @@ def _authors_checkpoint(model, path):
             value = np.transpose(value)  # dense kernel -> linear.weight (out, in)
         state[f"module.{name}"] = torch.from_numpy(np.ascontiguousarray(value))
         if name.endswith(".running_var"):
-            state[f"module.{name[:-len('running_var')]}num_batches_tracked"] = torch.tensor(7)
+            state[f"module.{name[: -len('running_var')]}num_batches_tracked"] = torch.tensor(7)
     torch.save(
         {"epoch": 3, "arch": "irevnet", "state_dict": state, "best_prec1": 0.5, "optimizer": {}},
         path,
@@ -270,6 +265,7 @@ def test_onnx_forward_and_inverse_run_in_onnxruntime(small, tmp_path):
     print(f"\n[{BACKEND}] ONNX relative errors:", json.dumps(errors))
 
 
+@pytest.mark.slow
 def test_export_app_from_keras_file(small, tmp_path):
     """A .keras file saved on this backend, exported by the application (in this process on
     TensorFlow, in a TensorFlow child process otherwise), checked without Keras."""
@@ -292,6 +288,7 @@ def _assert_written_here_not_in_repository(cwd, names):
         assert not os.path.exists(os.path.join(REPO_ROOT, name)), f"{name} written in the repo"
 
 
+@pytest.mark.slow
 def test_export_app_relative_paths_mean_the_callers_directory(small, tmp_path, monkeypatch):
     """run() with relative paths, as applications/train.py calls it: on JAX and torch the
     export runs in a TensorFlow child process, which must resolve them as the caller does."""
@@ -308,19 +305,31 @@ def test_export_app_relative_paths_mean_the_callers_directory(small, tmp_path, m
     manifest = export_app.read_manifest(tmp_path / saved_model_dir)
     assert manifest["source"]["path"] == str(tmp_path / "model.keras")
     assert manifest["parts"] == {
-        "saved_model": str(tmp_path / saved_model_dir), "onnx": str(tmp_path / onnx_dir),
+        "saved_model": str(tmp_path / saved_model_dir),
+        "onnx": str(tmp_path / onnx_dir),
     }
 
 
+@pytest.mark.slow
 def test_export_program_relative_paths_mean_the_callers_directory(small, tmp_path):
     model, _ = small
     model.save(tmp_path / "model.keras")
     saved_model_dir, onnx_dir = (f"{kind}_{uuid.uuid4().hex}" for kind in ("sm", "onnx"))
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     completed = subprocess.run(
-        [sys.executable, "-m", "applications.export", "--model_path=model.keras",
-         f"--saved_model_dir={saved_model_dir}", f"--onnx_path={onnx_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "applications.export",
+            "--model_path=model.keras",
+            f"--saved_model_dir={saved_model_dir}",
+            f"--onnx_path={onnx_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     _assert_written_here_not_in_repository(tmp_path, (saved_model_dir, onnx_dir))
@@ -339,7 +348,9 @@ def test_export_app_from_authors_checkpoint(small, tmp_path):
     checkpoint = _authors_checkpoint(model, tmp_path / "checkpoint.pth.tar")
     saved_model_dir = tmp_path / "saved_model"
     errors = export_app.run(
-        str(saved_model_dir), official_checkpoint=str(checkpoint), model="custom",
+        str(saved_model_dir),
+        official_checkpoint=str(checkpoint),
+        model=SMALL_PRESET,
         model_config=SMALL_JSON,
     )
     assert errors and all(e <= TOLERANCE for e in errors.values()), errors
@@ -409,17 +420,22 @@ def test_export_model_type_is_checked(tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (dict(official_checkpoint="CKPT", model="resnet50"),
-         r"--model: unknown model 'resnet50'; expected one of bijective, injective, cifar"),
+        (
+            dict(official_checkpoint="CKPT", model="resnet50"),
+            r"--model: unknown model 'resnet50'; expected one of tiny, cifar, bijective, injective",
+        ),
         (dict(official_checkpoint="CKPT"), r"--model is required"),
-        (dict(official_checkpoint="CKPT", model="custom"), r"--model=custom needs --model_config"),
         (dict(), r"exactly one of --model_path .* and --official_checkpoint"),
         (dict(model_path="CKPT", official_checkpoint="CKPT"), r"exactly one of"),
         (dict(official_checkpoint="missing.pth.tar", model="cifar"), r"file not found"),
-        (dict(official_checkpoint="CKPT", model="cifar", target="non-empty"),
-         r"--saved_model_dir: the directory .* already exists and is not empty"),
-        (dict(official_checkpoint="CKPT", model="cifar", onnx_path="export/onnx"),
-         r"--onnx_path and --saved_model_dir must be different directories, neither inside"),
+        (
+            dict(official_checkpoint="CKPT", model="cifar", target="non-empty"),
+            r"--saved_model_dir: the directory .* already exists and is not empty",
+        ),
+        (
+            dict(official_checkpoint="CKPT", model="cifar", onnx_path="export/onnx"),
+            r"--onnx_path and --saved_model_dir must be different directories, neither inside",
+        ),
     ],
 )
 def test_export_app_rejects_bad_arguments_before_any_work(tmp_path, arguments, message):
@@ -441,6 +457,7 @@ def test_export_app_rejects_bad_arguments_before_any_work(tmp_path, arguments, m
     assert _leftovers(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_export_app_rejects_a_checkpoint_of_another_model(small, tmp_path, capfd):
     from applications import export as export_app
 
@@ -449,7 +466,9 @@ def test_export_app_rejects_a_checkpoint_of_another_model(small, tmp_path, capfd
     other = json.dumps({**json.loads(SMALL_JSON), "classes": 7})
     saved_model_dir, onnx_dir = tmp_path / "export", tmp_path / "onnx"
     arguments = dict(
-        official_checkpoint=str(checkpoint), model="custom", model_config=other,
+        official_checkpoint=str(checkpoint),
+        model=SMALL_PRESET,
+        model_config=other,
         onnx_path=str(onnx_dir),
     )
     if BACKEND == "tensorflow":  # loaded in this process
@@ -475,8 +494,12 @@ def test_convert_app_writes_weights_and_prints_top1(small, tmp_path, capsys):
     # What a killed conversion to the same file left: removed by this one.
     (output.parent / ".small.partial-killed.weights.h5").write_bytes(b"half")
     results = convert_app.convert(
-        str(checkpoint), "custom", str(output), model_config=SMALL_JSON,
-        sanity_batch=str(tmp_path / "photos.npy"), preprocessing="imagenet",
+        str(checkpoint),
+        SMALL_PRESET,
+        str(output),
+        model_config=SMALL_JSON,
+        sanity_batch=str(tmp_path / "photos.npy"),
+        preprocessing="imagenet",
     )
     printed = capsys.readouterr().out
     assert f"Wrote {output}" in printed
@@ -493,11 +516,11 @@ def test_convert_app_writes_weights_and_prints_top1(small, tmp_path, capsys):
 
     # It refuses to replace the file, and a checkpoint of another model leaves no file.
     with pytest.raises(FileExistsError, match="--overwrite"):
-        convert_app.convert(str(checkpoint), "custom", str(output), model_config=SMALL_JSON)
+        convert_app.convert(str(checkpoint), SMALL_PRESET, str(output), model_config=SMALL_JSON)
     other = json.dumps({**json.loads(SMALL_JSON), "classes": 7})
     with pytest.raises(ValueError, match="does not fit the model"):
         convert_app.convert(
-            str(checkpoint), "custom", str(tmp_path / "other.weights.h5"), model_config=other
+            str(checkpoint), SMALL_PRESET, str(tmp_path / "other.weights.h5"), model_config=other
         )
     assert not (tmp_path / "other.weights.h5").exists()
     with pytest.raises(ValueError, match="--model: unknown model 'vgg'"):

@@ -32,7 +32,10 @@ from tests.test_export import (
 BACKEND = keras.backend.backend()
 # The export program always exports in a TensorFlow process; its faults are the same whatever
 # backend the caller runs.
-pytestmark = once_in("torch", "the export program exports in a TensorFlow process")
+pytestmark = [
+    once_in("torch", "the export program exports in a TensorFlow process"),
+    pytest.mark.slow,
+]
 
 # Runs the export program (as `python -m applications.export` does) with one fault injected,
 # chosen by argv[1]; argv[2] is the fault's path argument, the rest the program's flags.
@@ -90,7 +93,11 @@ def _run_with_fault(work, fault, where):
     """Runs the export of `work`/model.keras with `fault`; returns the CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-c", _FAULTY_EXPORT, fault, str(where), *_flags(work)],
-        cwd=work, env=_program_env(), capture_output=True, text=True, timeout=600,
+        cwd=work,
+        env=_program_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -106,7 +113,9 @@ def _rerun(work, capfd, **arguments):
     """The same export again, in this process (a TensorFlow child on JAX and torch); returns
     (errors, printed output)."""
     errors = export_app.run(
-        str(work / "sm"), model_path=str(work / "model.keras"), onnx_path=str(work / "onnx"),
+        str(work / "sm"),
+        model_path=str(work / "model.keras"),
+        onnx_path=str(work / "onnx"),
         **arguments,
     )
     captured = capfd.readouterr()
@@ -120,7 +129,9 @@ def _assert_complete_export(work):
     assert manifest is not None and export_app.is_complete(manifest)
     assert manifest["parts"] == {"saved_model": str(work / "sm"), "onnx": str(work / "onnx")}
     assert _entries(work / "onnx") == [
-        "forward.onnx", "inverse.onnx", export_app.MANIFEST_FILE,
+        "forward.onnx",
+        "inverse.onnx",
+        export_app.MANIFEST_FILE,
     ]
     assert "saved_model.pb" in _entries(work / "sm")
     return manifest
@@ -172,7 +183,11 @@ def test_kill_between_the_two_renames_is_repaired_by_the_next_run(
     before = {path: os.stat(work / path).st_mtime_ns for path in ("sm", "onnx")}
     again = subprocess.run(
         [sys.executable, "-m", "applications.export", *_flags(work)],
-        cwd=work, env=_program_env(), capture_output=True, text=True, timeout=600,
+        cwd=work,
+        env=_program_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert again.returncode == 0, again.stderr[-4000:]
     assert "Already exported:" in again.stdout
@@ -205,15 +220,19 @@ def _kill_when_staging_appears(work, timeout=600):
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "applications.export", *_flags(work)],
-            cwd=work, env=_program_env(), stdout=log, stderr=subprocess.STDOUT,
+            cwd=work,
+            env=_program_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + timeout
             while not any(n.startswith(".sm.partial-") for n in os.listdir(work)):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
-                    pytest.fail(f"no staging directory appeared; the program said:\n"
-                                f"{log.read()[-4000:]}")
+                    pytest.fail(
+                        f"no staging directory appeared; the program said:\n{log.read()[-4000:]}"
+                    )
                 time.sleep(0.01)
             process.send_signal(signal.SIGKILL)
         finally:
@@ -252,8 +271,12 @@ def _half_export(work, parts=None):
     between the renames leaves); returns its manifest."""
     parts = parts or {"saved_model": str(work / "sm"), "onnx": str(work / "onnx")}
     manifest = {
-        "format": "keras_irevnet export", "version": 1, "export_id": "0123abcd",
-        "part": "onnx", "parts": parts, "source": {"path": str(work / "model.keras")},
+        "format": "keras_irevnet export",
+        "version": 1,
+        "export_id": "0123abcd",
+        "part": "onnx",
+        "parts": parts,
+        "source": {"path": str(work / "model.keras")},
     }
     (work / "onnx").mkdir()
     (work / "onnx" / "forward.onnx").write_bytes(b"graph")
@@ -278,8 +301,10 @@ def _complete_export_by_hand(work, check):
 def _contents(directory):
     return {
         os.path.relpath(os.path.join(root, name), directory): open(
-            os.path.join(root, name), "rb").read()
-        for root, _, names in os.walk(directory) for name in names
+            os.path.join(root, name), "rb"
+        ).read()
+        for root, _, names in os.walk(directory)
+        for name in names
     }
 
 

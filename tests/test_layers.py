@@ -1,23 +1,25 @@
-"""Each invertible layer: exact inverse, shapes, config round trip, symbolic use."""
+"""Each invertible layer passes the contract of `InvertibleLayer` (tests/layer_harness.py),
+and what is particular to each: psi's channel order, the block's swap and widths."""
 
 import keras
 import numpy as np
 import pytest
 
 from keras_irevnet.layers import (
+    AdditiveCoupling,
     InjectivePadding,
     InvertibleDownsampling,
     IRevNetBlock,
     merge_channels,
     split_channels,
 )
+from keras_irevnet.models import BlockStack
 from tests.helpers import photos, preprocessed_photos, relative_error, to_numpy
-
-TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+from tests.layer_harness import TOLERANCE, run_invertible_layer_test
 
 
 def psi_by_definition(x, b):
-    """REFERENCE.md's order, pixel by pixel: (h*b+dh, w*b+dw, c) -> channel (dh*b+dw)*C + c."""
+    """docs/reference.md's order, pixel by pixel: (h*b+dh, w*b+dw, c) -> channel (dh*b+dw)*C + c."""
     n, h, w, c = x.shape
     out = np.zeros((n, h // b, w // b, b * b * c), x.dtype)
     for dh in range(b):
@@ -27,51 +29,21 @@ def psi_by_definition(x, b):
     return out
 
 
-def roundtrip_config(layer):
-    return layer.__class__.from_config(layer.get_config()).get_config() == layer.get_config()
+# --- The contract, layer by layer -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("block_size", [2, 4])
-def test_invertible_downsampling_order_and_inverse(block_size):
-    x = photos(32, 2)
-    layer = InvertibleDownsampling(block_size)
-    y = to_numpy(layer(x))
-    np.testing.assert_array_equal(y, psi_by_definition(x, block_size))
-    assert y.shape == layer.compute_output_shape(x.shape)
-    np.testing.assert_array_equal(to_numpy(layer.inverse(y)), x)  # a permutation: exact
-    assert roundtrip_config(layer)
+def test_invertible_downsampling_contract(block_size):
+    run_invertible_layer_test(
+        lambda dtype: InvertibleDownsampling(block_size, dtype=dtype),
+        preprocessed_photos(32, 2),
+    )
 
 
-def test_invertible_downsampling_is_not_pixel_unshuffle_order():
-    # Guards the trap REFERENCE.md names: torch's PixelUnshuffle is channel-major.
-    x = np.arange(2 * 2 * 2, dtype="float32").reshape(1, 2, 2, 2)
-    y = to_numpy(InvertibleDownsampling(2)(x))[0, 0, 0]
-    np.testing.assert_array_equal(y, [0, 1, 2, 3, 4, 5, 6, 7])  # (dh,dw)-major, c-minor
-
-
-def test_invertible_downsampling_rejects_indivisible_size():
-    with pytest.raises(ValueError, match="height 30 is not divisible by the block size 4"):
-        InvertibleDownsampling(4)(np.zeros((1, 30, 32, 3), "float32"))
-
-
-def test_injective_padding_appends_zeros_and_inverts():
-    x = preprocessed_photos(16, 2)
-    layer = InjectivePadding(5)
-    y = to_numpy(layer(x))
-    assert y.shape == (2, 16, 16, 8) == layer.compute_output_shape(x.shape)
-    np.testing.assert_array_equal(y[..., :3], x)
-    np.testing.assert_array_equal(y[..., 3:], 0.0)
-    np.testing.assert_array_equal(to_numpy(layer.inverse(y)), x)
-    assert roundtrip_config(layer)
-    with pytest.raises(ValueError, match="non-negative integer"):
-        InjectivePadding(-1)
-
-
-def test_split_gives_first_half_the_floor():
-    x = np.arange(5, dtype="float32").reshape(1, 1, 1, 5)
-    x1, x2 = split_channels(x)
-    assert x1.shape[-1] == 2 and x2.shape[-1] == 3
-    np.testing.assert_array_equal(to_numpy(merge_channels(x1, x2)), x)
+def test_injective_padding_contract():
+    run_invertible_layer_test(
+        lambda dtype: InjectivePadding(5, dtype=dtype), preprocessed_photos(16, 2)
+    )
 
 
 # (filters, strides, first) for 12 input channels: bijective stride 1, stride 2, injective.
@@ -91,21 +63,102 @@ def _block_input(dtype, real):
     return split_channels(to_numpy(InvertibleDownsampling(2, dtype=dtype)(x)))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("real", [True, False], ids=["photos", "noise"])
 @pytest.mark.parametrize("case", list(BLOCK_CASES))
-def test_block_inverse(case, real, dtype, float64_enabled):
+def test_irevnet_block_contract(case):
+    filters, strides, first = BLOCK_CASES[case]
+    run_invertible_layer_test(
+        lambda dtype: IRevNetBlock(filters, strides=strides, first=first, dropout=0.1, dtype=dtype),
+        tuple(to_numpy(h) for h in _block_input("float32", True)),
+    )
+
+
+def _coupling(dtype, strides=1):
+    """An additive coupling whose F is not the bottleneck: Conv -> BatchNorm -> tanh."""
+    residual = keras.Sequential(
+        [
+            keras.layers.Conv2D(
+                6 * strides * strides, 3, strides=strides, padding="same", dtype=dtype
+            ),
+            keras.layers.BatchNormalization(dtype=dtype),
+            keras.layers.Activation("tanh", dtype=dtype),
+        ]
+    )
+    return AdditiveCoupling(residual, strides=strides, dtype=dtype)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_additive_coupling_with_another_residual_contract(strides):
+    run_invertible_layer_test(
+        lambda dtype: _coupling(dtype, strides),
+        tuple(to_numpy(h) for h in _block_input("float32", True)),
+    )
+
+
+def test_block_stack_contract():
+    run_invertible_layer_test(
+        lambda dtype: BlockStack((2, 1), (1, 2), (8, 32), dropout=0.1, dtype=dtype),
+        to_numpy(InvertibleDownsampling(2)(preprocessed_photos(32, 2))),
+    )
+
+
+# --- What is particular to each -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_size", [2, 4])
+def test_invertible_downsampling_order(block_size):
+    x = photos(32, 2)
+    y = to_numpy(InvertibleDownsampling(block_size)(x))
+    np.testing.assert_array_equal(y, psi_by_definition(x, block_size))
+    np.testing.assert_array_equal(  # a permutation: exact
+        to_numpy(InvertibleDownsampling(block_size).inverse(y)), x
+    )
+
+
+def test_invertible_downsampling_is_not_pixel_unshuffle_order():
+    # Guards the trap docs/reference.md names: torch's PixelUnshuffle is channel-major.
+    x = np.arange(2 * 2 * 2, dtype="float32").reshape(1, 2, 2, 2)
+    y = to_numpy(InvertibleDownsampling(2)(x))[0, 0, 0]
+    np.testing.assert_array_equal(y, [0, 1, 2, 3, 4, 5, 6, 7])  # (dh,dw)-major, c-minor
+
+
+def test_invertible_downsampling_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="height 30 is not divisible by the block size 4"):
+        InvertibleDownsampling(4)(np.zeros((1, 30, 32, 3), "float32"))
+
+
+def test_injective_padding_appends_zeros():
+    x = preprocessed_photos(16, 2)
+    y = to_numpy(InjectivePadding(5)(x))
+    np.testing.assert_array_equal(y[..., :3], x)
+    np.testing.assert_array_equal(y[..., 3:], 0.0)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        InjectivePadding(-1)
+
+
+def test_split_gives_first_half_the_floor():
+    x = np.arange(5, dtype="float32").reshape(1, 1, 1, 5)
+    x1, x2 = split_channels(x)
+    assert x1.shape[-1] == 2 and x2.shape[-1] == 3
+    np.testing.assert_array_equal(to_numpy(merge_channels(x1, x2)), x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(BLOCK_CASES))
+def test_block_inverts_noise_too(case, dtype, float64_enabled):
+    """Photos are the contract tests' inputs; the inverse is as exact on noise."""
     filters, strides, first = BLOCK_CASES[case]
     block = IRevNetBlock(filters, strides=strides, first=first, dropout=0.1, dtype=dtype)
-    x1, x2 = _block_input(dtype, real)
+    x1, x2 = _block_input(dtype, real=False)
     # Moving statistics away from (0, 1) so the test exercises BatchNorm's inference mode.
     block((x1, x2), training=True)
     for _ in range(3):
         block((x1, x2), training=True)
     y = block((x1, x2), training=False)
-    assert tuple(y[0].shape) == tuple(y[1].shape) == block.compute_output_shape(
-        (x1.shape, x2.shape)
-    )[0]
+    assert (
+        tuple(y[0].shape)
+        == tuple(y[1].shape)
+        == block.compute_output_shape((x1.shape, x2.shape))[0]
+    )
     assert block.injective == (case in ("injective", "first_injective"))
     r1, r2 = block.inverse(y)
     err = relative_error(merge_channels(r1, r2), merge_channels(x1, x2))
@@ -125,16 +178,6 @@ def test_block_first_has_no_input_batchnorm():
     assert IRevNetBlock(16).bottleneck.input_norm is not None
 
 
-def test_block_config_roundtrip_and_serialization():
-    block = IRevNetBlock(24, strides=2, dropout=0.25, mult=2, name="b")
-    x = _block_input("float32", True)
-    block(x)
-    clone = keras.layers.deserialize(keras.layers.serialize(block))
-    assert isinstance(clone, IRevNetBlock) and clone.get_config() == block.get_config()
-    clone(x)
-    assert len(clone.weights) == len(block.weights)
-
-
 def test_block_width_errors_say_what_fits():
     x = _block_input("float32", False)
     with pytest.raises(ValueError, match=r"needs channels = 2 \* 12 = 24, got 20"):
@@ -143,7 +186,7 @@ def test_block_width_errors_say_what_fits():
         IRevNetBlock(4)(x)
 
 
-def test_layers_work_symbolically_in_a_functional_model():
+def test_layers_compose_symbolically_in_a_functional_model():
     inputs = keras.Input((32, 32, 3))
     psi = InvertibleDownsampling(2)
     x1, x2 = split_channels(psi(inputs))
@@ -174,8 +217,10 @@ def test_batch_normalization_keeps_float64(float64_enabled):
     ours = BatchNormalization(epsilon=1e-5)
     # float32 is Keras' path (fused on TensorFlow, to rounding: see the test below).
     np.testing.assert_allclose(
-        to_numpy(ours(x32, training=True)), to_numpy(keras_layer(x32, training=True)),
-        rtol=1e-5, atol=1e-5,
+        to_numpy(ours(x32, training=True)),
+        to_numpy(keras_layer(x32, training=True)),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -208,7 +253,7 @@ def test_conv2d_config_roundtrip():
     from keras_irevnet.layers import Conv2D
 
     layer = Conv2D(4, 3, strides=2, padding="valid", use_bias=False)
-    assert roundtrip_config(layer)
+    assert Conv2D.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 def test_batch_normalization_training_matches_keras():
@@ -227,13 +272,16 @@ def test_batch_normalization_training_matches_keras():
     for _ in range(2):  # the second step starts from updated moving statistics
         y_ours, y_keras = ours(x, training=True), keras_own(x, training=True)
         np.testing.assert_allclose(to_numpy(y_ours), to_numpy(y_keras), rtol=1e-5, atol=1e-5)
-    for a, b in ((ours.moving_mean, keras_own.moving_mean),
-                 (ours.moving_variance, keras_own.moving_variance)):
+    for a, b in (
+        (ours.moving_mean, keras_own.moving_mean),
+        (ours.moving_variance, keras_own.moving_variance),
+    ):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-5, atol=1e-6)
     assert np.abs(to_numpy(ours.moving_mean)).max() > 1e-2  # the statistics did move
     cotangent = np.cos(x)
     np.testing.assert_allclose(
         to_numpy(vjp(lambda t: ours(t, training=True), x, cotangent)),
         to_numpy(vjp(lambda t: keras_own(t, training=True), x, cotangent)),
-        rtol=1e-4, atol=1e-5,
+        rtol=1e-4,
+        atol=1e-5,
     )

@@ -5,14 +5,10 @@ import numpy as np
 import pytest
 
 import keras_irevnet as kir
-from tests.helpers import preprocessed_photos, relative_error, to_numpy
+from keras_irevnet import _compat
+from tests.helpers import preprocessed_photos, relative_error, tiny_model, to_numpy
 
-
-def tiny(**kwargs):
-    config = dict(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
-                  input_shape=(32, 32, 3), classes=5)
-    config.update(kwargs)
-    return kir.IRevNet(**config)
+tiny = tiny_model
 
 
 def trainable_count(model):
@@ -101,50 +97,48 @@ def test_include_top_false_and_pooling():
     assert tiny(include_top=False, pooling="max").output_shape == (None, 64)
 
 
-def test_keras_saving_roundtrip(tmp_path):
-    model = tiny(dropout=0.1)
-    x = preprocessed_photos(32, 2)
+def run_model_saving_test(model, x, tmp_path):
+    """The one saving test: `model` comes back the same from a `.keras` file, from its config,
+    from JSON, and as `weights=` from both file formats (config, dtype policy, class scores,
+    Phi(x) and the inverse, bit for bit where the weights are the same)."""
     settle_batchnorm(model, x)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    keras_path, weights_path = str(tmp_path / "m.keras"), str(tmp_path / "m.weights.h5")
+    model.save(keras_path)
+    model.save_weights(weights_path)
+    loaded = keras.models.load_model(keras_path)
     assert isinstance(loaded, kir.IRevNet) and loaded.get_config() == model.get_config()
-    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
-    z = model.features(x)
-    np.testing.assert_array_equal(to_numpy(loaded.features(x)), to_numpy(z))
-    np.testing.assert_array_equal(to_numpy(loaded.inverse(z)), to_numpy(model.inverse(z)))
-
-
-def _assert_policy_survives_saving(model, tmp_path, compute_dtype):
-    """A `.keras` file, from_config and to_json all rebuild `model` with its dtype policy."""
-    x = preprocessed_photos(32, 2)
-    settle_batchnorm(model, x)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    rebuilt = [
-        keras.models.load_model(path),
+    for rebuilt in (
         kir.IRevNet.from_config(model.get_config()),
         keras.models.model_from_json(model.to_json()),
-    ]
-    for other in rebuilt:
-        assert other.get_config()["dtype"] == model.get_config()["dtype"]
-        assert other.block_stack.compute_dtype == compute_dtype
-        assert other.block_stack.blocks[0].bottleneck.conv1.compute_dtype == compute_dtype
-    loaded = rebuilt[0]
-    assert keras.backend.standardize_dtype(loaded.features(x).dtype) == compute_dtype
-    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+    ):
+        assert rebuilt.get_config() == model.get_config()
+        assert rebuilt.block_stack.compute_dtype == model.block_stack.compute_dtype
+    z = model.features(x)
+    assert keras.backend.standardize_dtype(loaded.features(x).dtype) == (
+        model.block_stack.compute_dtype
+    )
+    for other in (
+        loaded,
+        type(model)(**{**model.get_config(), "weights": weights_path}),
+        type(model)(**{**model.get_config(), "weights": keras_path}),
+    ):
+        np.testing.assert_array_equal(to_numpy(other(x)), to_numpy(model(x)))
+        np.testing.assert_array_equal(to_numpy(other.features(x)), to_numpy(z))
+        np.testing.assert_array_equal(to_numpy(other.inverse(z)), to_numpy(model.inverse(z)))
 
 
-def test_mixed_bfloat16_policy_survives_keras_file_and_config(tmp_path):
-    model = tiny(dtype="mixed_bfloat16")
-    assert model.get_config()["dtype"]["config"]["name"] == "mixed_bfloat16"
-    _assert_policy_survives_saving(model, tmp_path, "bfloat16")
+SAVING_CASES = {
+    "float32 with dropout": dict(dropout=0.1),
+    "float64": dict(dtype="float64"),
+    "mixed_bfloat16": dict(dtype="mixed_bfloat16"),
+    "Phi(x) pooled": dict(include_top=False, pooling="avg"),
+    "any image size": dict(input_shape=(None, None, 3)),
+}
 
 
-def test_float64_policy_survives_keras_file_and_config(tmp_path, float64_enabled):
-    model = tiny(dtype="float64")
-    assert model.get_config()["dtype"]["config"]["name"] == "float64"
-    _assert_policy_survives_saving(model, tmp_path, "float64")
+@pytest.mark.parametrize("case", list(SAVING_CASES))
+def test_model_saving(case, tmp_path, float64_enabled):
+    run_model_saving_test(tiny(**SAVING_CASES[case]), preprocessed_photos(32, 2), tmp_path)
 
 
 def test_unknown_image_size_takes_several_sizes():
@@ -175,22 +169,12 @@ def test_symbolic_inverse_and_features_build_functional_models():
     assert features.output_shape == (None, 8, 8, 64)
     phi = to_numpy(model.features(x))
     np.testing.assert_allclose(to_numpy(features(x)), phi, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(inverse.predict(phi, verbose=0), to_numpy(model.inverse(phi)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        inverse.predict(phi, verbose=0), to_numpy(model.inverse(phi)), rtol=1e-5, atol=1e-5
+    )
     # Both in one graph: x -> Phi(x) -> x.
     roundtrip = keras.Model(images, model.inverse(model.features(images)))
     assert relative_error(roundtrip.predict(x, verbose=0), x) <= 1e-5
-
-
-@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
-def test_weights_argument_loads_file(tmp_path, suffix):
-    model = tiny()
-    x = preprocessed_photos(32, 2)
-    settle_batchnorm(model, x)
-    path = str(tmp_path / f"m{suffix}")
-    model.save_weights(path) if suffix == ".weights.h5" else model.save(path)
-    reloaded = tiny(weights=path)
-    np.testing.assert_array_equal(to_numpy(reloaded(x)), to_numpy(model(x)))
 
 
 def test_symbolic_use_inside_functional_model():
@@ -207,8 +191,8 @@ def test_symbolic_use_inside_functional_model():
 
 
 def _digits(size=16):
-    from sklearn.datasets import load_digits
     from skimage.transform import resize
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = digits.images[:, :, :, None] / 16.0
@@ -219,8 +203,15 @@ def _digits(size=16):
 def test_fit_lowers_loss_and_model_still_inverts():
     x, y = _digits()
     x, y = x[:512], y[:512]
-    model = kir.IRevNet(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
-                        input_shape=(16, 16, 1), classes=10, classifier_activation=None)
+    model = kir.IRevNet(
+        blocks=(1, 1),
+        strides=(1, 2),
+        channels=(8, 32),
+        init_ds=2,
+        input_shape=(16, 16, 1),
+        classes=10,
+        classifier_activation=None,
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -236,13 +227,21 @@ def test_fit_lowers_loss_and_model_still_inverts():
 
 
 def test_error_spatial_size_not_divisible():
-    with pytest.raises(ValueError, match=r"multiples of the model's total downsampling 32.*got 100.*nearest size that fits is 96"):
+    with pytest.raises(
+        ValueError,
+        match=r"multiples of the model's total downsampling 32.*got 100.*nearest size that fits "
+        r"is 96",
+    ):
         kir.IRevNetBijective(input_shape=(100, 100, 3))
 
 
 def test_error_stride2_stage_width():
-    with pytest.raises(ValueError, match=r"channels\[1\]=60 does not fit stage 1.*channels = 2 \* 32 = 64"):
-        kir.IRevNet(blocks=(1, 1), strides=(1, 2), channels=(16, 60), init_ds=0, input_shape=(32, 32, 3))
+    with pytest.raises(
+        ValueError, match=r"channels\[1\]=60 does not fit stage 1.*channels = 2 \* 32 = 64"
+    ):
+        kir.IRevNet(
+            blocks=(1, 1), strides=(1, 2), channels=(16, 60), init_ds=0, input_shape=(32, 32, 3)
+        )
 
 
 def test_error_list_lengths():
@@ -259,7 +258,9 @@ def test_error_weights_missing(tmp_path):
     # ValueError, as Keras Applications raise for a `weights` path that does not exist.
     with pytest.raises(ValueError, match="not found: .*nope.weights.h5"):
         tiny(weights=str(tmp_path / "nope.weights.h5"))
-    with pytest.raises(ValueError, match=r"\.weights\.h5. or .\.keras. file"):
+    with pytest.raises(ValueError, match=r"\.weights\.h5. or .\.keras. file, got 'resnet'"):
+        tiny(weights="resnet")
+    with pytest.raises(ValueError, match=r'use IRevNetBijective\(weights="imagenet"\)'):
         tiny(weights="imagenet")
 
 
@@ -274,7 +275,10 @@ def test_error_classes_inconsistent_with_weights(tmp_path):
 
 def test_error_inverse_wrong_shape():
     model = tiny()
-    with pytest.raises(ValueError, match=r"inverse expects a batch of shape \(batch, 8, 8, 64\), got shape \(2, 8, 8, 63\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"inverse expects a batch of shape \(batch, 8, 8, 64\), got shape \(2, 8, 8, 63\)",
+    ):
         model.inverse(np.zeros((2, 8, 8, 63), "float32"))
     with pytest.raises(ValueError, match=r"features expects a batch of shape \(batch, 32, 32, 3\)"):
         model.features(np.zeros((2, 32, 32, 1), "float32"))
@@ -287,7 +291,9 @@ def test_error_mult_not_a_positive_integer(mult):
 
 
 def test_error_mult_leaves_no_hidden_width():
-    with pytest.raises(ValueError, match=r"`mult`=16 leaves no hidden width in the stage of 8 channels.*mult <= 8"):
+    with pytest.raises(
+        ValueError, match=r"`mult`=16 leaves no hidden width in the stage of 8 channels.*mult <= 8"
+    ):
         tiny(mult=16)
 
 
@@ -313,7 +319,9 @@ def test_error_integer_images():
 def test_error_unknown_size_model_given_indivisible_size():
     model = tiny(input_shape=(None, None, 3))
     x = preprocessed_photos(34, 1)[:, :, :32]  # 34 x 32
-    message = r"image height and width must be multiples of the model's total downsampling 4; got 34x32"
+    message = (
+        r"image height and width must be multiples of the model's total downsampling 4; got 34x32"
+    )
     with pytest.raises(ValueError, match=message):
         model(x)
     with pytest.raises(ValueError, match=message):
@@ -330,7 +338,9 @@ def test_error_indivisible_size_inside_a_traced_tensorflow_function():
     model = tiny(input_shape=(None, None, 3))
     traced = tf.function(model, input_signature=[tf.TensorSpec((None, None, None, 3))])
     assert tuple(traced(preprocessed_photos(32, 1)).shape) == (1, 5)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"height and width\] \[36 34\].*total downsampling 4"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"height and width\] \[36 34\].*total downsampling 4"
+    ):
         traced(preprocessed_photos(36, 1)[:, :, :34])
     # predict retraces with relaxed shapes after the first size: the same run-time check.
     model.predict(preprocessed_photos(32, 1), verbose=0)
@@ -354,10 +364,21 @@ def test_error_channels_first_refused():
         keras.config.set_image_data_format("channels_last")
 
 
-def test_error_input_tensor_not_an_input():
-    x = keras.layers.Rescaling(2.0)(keras.Input((32, 32, 3)))
-    with pytest.raises(ValueError, match="must be a `keras.Input`"):
-        tiny(input_tensor=x)
+def test_input_tensor_may_follow_other_layers():
+    """As Keras Applications allow: the model's inputs are where `input_tensor` comes from."""
+    pixels = keras.Input((32, 32, 3), name="pixels")
+    model = tiny(input_tensor=keras.layers.Rescaling(2.0)(pixels))
+    assert model.inputs[0] is pixels
+    plain = tiny()
+    plain.set_weights(model.get_weights())
+    x = preprocessed_photos(32, 2)
+    np.testing.assert_allclose(to_numpy(model(x)), to_numpy(plain(2.0 * x)), rtol=1e-5, atol=1e-5)
+    # `features` and `inverse` work at the i-RevNet's own input (after the rescaling).
+    np.testing.assert_allclose(
+        to_numpy(model.features(x)), to_numpy(plain.features(x)), rtol=1e-6, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="`input_tensor` must be a Keras tensor"):
+        tiny(input_tensor=np.zeros((1, 32, 32, 3), "float32"))
 
 
 def test_error_bad_pooling_and_classes():
@@ -372,10 +393,21 @@ def test_injective_model_inverts_after_batchnorm_learns_the_zero_channels():
     # their gain 1/sqrt(eps) amplifies any rounding noise there; the inverse must put the
     # known zeros back rather than reconstruct them. momentum=0 makes the moving statistics
     # the batch statistics, which is where long training converges.
-    model = kir.IRevNet(blocks=(2, 1), strides=(1, 2), channels=(8, 32), init_ds=0,
-                        input_shape=(32, 32, 3), classes=4, memory_efficient=False)
+    model = kir.IRevNet(
+        blocks=(2, 1),
+        strides=(1, 2),
+        channels=(8, 32),
+        init_ds=0,
+        input_shape=(32, 32, 3),
+        classes=4,
+        memory_efficient=False,
+    )
     x = preprocessed_photos(32, 4)
-    norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    norms = [
+        layer
+        for layer in _compat.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for layer in norms:
         layer.momentum = 0.0
     model(x, training=True)
@@ -392,9 +424,7 @@ def test_inverse_model_predict_inverts_and_shares_weights():
     z = to_numpy(model.features(x))
     inverse = model.inverse_model()
     assert isinstance(inverse, kir.models.InverseModel)
-    assert not inverse.weights or all(
-        any(w is v for v in model.weights) for w in inverse.weights
-    )
+    assert not inverse.weights or all(any(w is v for v in model.weights) for w in inverse.weights)
     x_back = inverse.predict(z, batch_size=3, verbose=0)  # two batches, the last one short
     assert x_back.shape == x.shape
     assert relative_error(x_back, x) <= 1e-5

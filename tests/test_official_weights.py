@@ -41,7 +41,9 @@ def np_psi(x):
         for j in range(w // 2):
             for dh in range(2):
                 for dw in range(2):
-                    out[:, i, j, (dh * 2 + dw) * c : (dh * 2 + dw + 1) * c] = x[:, 2 * i + dh, 2 * j + dw]
+                    out[:, i, j, (dh * 2 + dw) * c : (dh * 2 + dw + 1) * c] = x[
+                        :, 2 * i + dh, 2 * j + dw
+                    ]
     return out
 
 
@@ -86,15 +88,24 @@ def random_state_dict(rng, torch_shapes):
 # Two blocks: the first (no pre-BN) injective 12 -> 16 channels, then a stride-2 block.
 SMALL_SHAPES = {
     "stack.0.bottleneck_block.0.weight": (2, 8, 3, 3),
-    **{f"stack.0.bottleneck_block.{j}.{v}": (2,) for j in (1, 5)
-       for v in ("weight", "bias", "running_mean", "running_var")},
+    **{
+        f"stack.0.bottleneck_block.{j}.{v}": (2,)
+        for j in (1, 5)
+        for v in ("weight", "bias", "running_mean", "running_var")
+    },
     "stack.0.bottleneck_block.1.num_batches_tracked": (),
     "stack.0.bottleneck_block.5.num_batches_tracked": (),
     "stack.0.bottleneck_block.3.weight": (2, 2, 3, 3),
     "stack.0.bottleneck_block.7.weight": (8, 2, 3, 3),
-    **{f"stack.1.bottleneck_block.0.{v}": (8,) for v in ("weight", "bias", "running_mean", "running_var")},
-    **{f"stack.1.bottleneck_block.{j}.{v}": (8,) for j in (3, 7)
-       for v in ("weight", "bias", "running_mean", "running_var")},
+    **{
+        f"stack.1.bottleneck_block.0.{v}": (8,)
+        for v in ("weight", "bias", "running_mean", "running_var")
+    },
+    **{
+        f"stack.1.bottleneck_block.{j}.{v}": (8,)
+        for j in (3, 7)
+        for v in ("weight", "bias", "running_mean", "running_var")
+    },
     "stack.1.bottleneck_block.2.weight": (8, 8, 3, 3),
     "stack.1.bottleneck_block.5.weight": (8, 8, 3, 3),
     "stack.1.bottleneck_block.9.weight": (32, 8, 3, 3),
@@ -105,9 +116,16 @@ SMALL_SHAPES = {
 
 
 def small_model():
-    return kir.IRevNet(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
-                       input_shape=(16, 16, 3), classes=5, classifier_activation=None,
-                       dtype="float32")
+    return kir.IRevNet(
+        blocks=(1, 1),
+        strides=(1, 2),
+        channels=(8, 32),
+        init_ds=2,
+        input_shape=(16, 16, 3),
+        classes=5,
+        classifier_activation=None,
+        dtype="float32",
+    )
 
 
 def test_matches_numpy_reference_of_the_blocks():
@@ -151,8 +169,10 @@ def torch_reference(config, classes, seed=0):
 
 def save_official_checkpoint(net, path):
     state = {f"module.{k}": v.float() for k, v in net.state_dict().items()}
-    torch.save({"epoch": 1, "arch": "iRevNet", "state_dict": state, "best_prec1": 0.0,
-                "optimizer": {}}, path)
+    torch.save(
+        {"epoch": 1, "arch": "iRevNet", "state_dict": state, "best_prec1": 0.0, "optimizer": {}},
+        path,
+    )
 
 
 def compare_with_reference(model, net, x):
@@ -163,13 +183,18 @@ def compare_with_reference(model, net, x):
     phi_nhwc = phi.numpy().transpose(0, 2, 3, 1)
     assert relative_error(model(x), logits.numpy()) <= 1e-4
     assert relative_error(model.features(x), phi_nhwc) <= 1e-4
-    assert relative_error(model.inverse(phi_nhwc.astype("float32")), back.numpy().transpose(0, 2, 3, 1)) <= 1e-4
+    assert (
+        relative_error(
+            model.inverse(phi_nhwc.astype("float32")), back.numpy().transpose(0, 2, 3, 1)
+        )
+        <= 1e-4
+    )
 
 
 def test_cifar_checkpoint_reproduces_reference(tmp_path):
-    from keras_irevnet.models.applications import CIFAR_CONFIG
+    from keras_irevnet.models import PRESETS
 
-    config = {k: v for k, v in CIFAR_CONFIG.items()}
+    config = dict(PRESETS["cifar"].architecture)
     net = torch_reference(config, classes=10)
     assert len(net.state_dict()) == 974  # the entry count of the authors' CIFAR checkpoint
     path = tmp_path / "cifar.pth.tar"
@@ -214,7 +239,9 @@ def test_missing_entry_is_named():
 def test_unexpected_entry_is_named():
     sd = _mapping()
     sd["stack.2.bottleneck_block.0.weight"] = np.zeros((4, 4, 3, 3))
-    with pytest.raises(ValueError, match=r"unexpected entries: 'stack.2.bottleneck_block.0.weight'"):
+    with pytest.raises(
+        ValueError, match=r"unexpected entries: 'stack.2.bottleneck_block.0.weight'"
+    ):
         kir.load_official_weights(small_model(), sd)
 
 
@@ -223,14 +250,22 @@ def test_misshaped_entry_names_both_shapes():
     before = [to_numpy(w) for w in model.weights]
     sd = _mapping()
     sd["linear.weight"] = np.zeros((6, 64))
-    with pytest.raises(ValueError, match=r"'linear.weight' has shape \(6, 64\) .* has shape \(64, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"'linear.weight' has shape \(6, 64\) .* has shape \(64, 5\)"
+    ):
         kir.load_official_weights(model, sd)
     _assert_untouched(model, before)
 
 
 def test_head_entries_without_top_hint():
-    model = kir.IRevNet(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
-                        input_shape=(16, 16, 3), include_top=False)
+    model = kir.IRevNet(
+        blocks=(1, 1),
+        strides=(1, 2),
+        channels=(8, 32),
+        init_ds=2,
+        input_shape=(16, 16, 3),
+        include_top=False,
+    )
     with pytest.raises(ValueError, match="classifier head: build the model with include_top=True"):
         kir.load_official_weights(model, _mapping())
 
@@ -238,7 +273,9 @@ def test_head_entries_without_top_hint():
 def test_checkpoint_file_loads_without_unpickling_objects(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": Exception("not a tensor")}, path)
-    with pytest.raises(ValueError, match=r"(?i)Python objects \(\w*\.?Exception\).*weights_only.*unpickl"):
+    with pytest.raises(
+        ValueError, match=r"(?i)Python objects \(\w*\.?Exception\).*weights_only.*unpickl"
+    ):
         read_state_dict(str(path))
 
 
@@ -305,7 +342,10 @@ def _pickled_object(path):
 BAD_CHECKPOINTS = {
     "missing": (lambda path: path, r"not found"),
     "empty": (lambda path: (path.write_bytes(b""), path)[1], r"is empty"),
-    "truncated": (_truncated_checkpoint, r"not a PyTorch checkpoint, or a truncated or damaged one"),
+    "truncated": (
+        _truncated_checkpoint,
+        r"not a PyTorch checkpoint, or a truncated or damaged one",
+    ),
     "random bytes": (
         lambda path: (path.write_bytes(np.random.default_rng(0).bytes(4096)), path)[1],
         r"not a PyTorch checkpoint, or a truncated or damaged one",
@@ -314,7 +354,10 @@ BAD_CHECKPOINTS = {
         lambda path: (path.write_text("epoch 1: loss 0.3\n"), path)[1],
         r"not a PyTorch checkpoint, or a truncated or damaged one",
     ),
-    "pickled object": (_pickled_object, r"Python objects \(decimal.Decimal\) .*refuses to unpickle"),
+    "pickled object": (
+        _pickled_object,
+        r"Python objects \(decimal.Decimal\) .*refuses to unpickle",
+    ),
     "bare tensor": (lambda path: _saved(path, torch.ones(3)), r"holds a Tensor, not a state dict"),
     "list": (lambda path: _saved(path, [torch.ones(3)]), r"holds a list, not a state dict"),
 }
@@ -336,15 +379,26 @@ def test_bad_checkpoint_file_is_one_line_value_error_naming_it(tmp_path, kind):
 
 
 @once_in("torch", "the program reads checkpoints with torch on every backend")
+@pytest.mark.slow
 def test_convert_program_reports_bad_checkpoint_in_one_line(tmp_path):
     checkpoint = _truncated_checkpoint(tmp_path / "cut.pth.tar")
     output = tmp_path / "out.weights.h5"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = {**os.environ, "PYTHONPATH": root}
     result = subprocess.run(
-        [sys.executable, "-m", "applications.convert", f"--official_checkpoint={checkpoint}",
-         "--model=cifar", f"--output={output}"],
-        cwd=root, env=environment, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "applications.convert",
+            f"--official_checkpoint={checkpoint}",
+            "--model=cifar",
+            f"--output={output}",
+        ],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr

@@ -13,14 +13,23 @@ import keras
 import numpy as np
 import pytest
 
+import keras_irevnet as kir
 from applications import train
-from applications.training import checkpoints, distribute, presets
+from applications.training import checkpoints, distribute, recipes
 from applications.training.divergence import TrainingDiverged
 
 BACKEND = keras.backend.backend()
 # Short runs: 3 epochs of 4 steps of 16 digits, checkpoints inside epochs every 3 steps.
-SHORT = dict(epochs=3, steps_per_epoch=4, checkpoint_every=3, batch_size=16, eval_steps=2,
-             inverse_images=8, monitor_images=8, verbose=0)
+SHORT = dict(
+    epochs=3,
+    steps_per_epoch=4,
+    checkpoint_every=3,
+    batch_size=16,
+    eval_steps=2,
+    inverse_images=8,
+    monitor_images=8,
+    verbose=0,
+)
 
 
 def _args(**overrides):
@@ -80,24 +89,29 @@ def test_defaults_are_the_digits_recipe():
     assert args["checkpoint_every"] == 2500 and args["monitor_images"] == 32
     imagenet = _args(dataset="imagenet2012")
     assert (imagenet["model"], imagenet["image_size"], imagenet["batch_size"]) == (
-        "bijective", 224, 256)
+        "bijective",
+        224,
+        256,
+    )
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="--dataset: unknown dataset 'mnist'.*digits"):
+    with pytest.raises(ValueError, match="--dataset: Unknown dataset 'mnist'.*digits"):
         _args(dataset="mnist")
 
 
 def test_image_size_the_model_cannot_take():
-    with pytest.raises(ValueError,
-                       match=r"--image_size=18 .*--model=tiny.*multiple of .* 4; try 16 or 20"):
+    with pytest.raises(
+        ValueError, match=r"--image_size=18 .*--model=tiny.*multiple of .* 4; try 16 or 20"
+    ):
         _args(image_size=18)
     with pytest.raises(ValueError, match=r"--image_size=48 .*--model=bijective.* 32"):
         _args(dataset="imagenet2012", image_size=48)
 
 
-@pytest.mark.parametrize("flag, value", [("checkpoint_every", -1), ("monitor_images", -2),
-                                         ("inverse_images", 0)])
+@pytest.mark.parametrize(
+    "flag, value", [("checkpoint_every", -1), ("monitor_images", -2), ("inverse_images", 0)]
+)
 def test_negative_counts_are_refused(flag, value):
     with pytest.raises(ValueError, match=f"--{flag} must not be negative, got {value}"):
         _args(**{flag: value})
@@ -106,11 +120,14 @@ def test_negative_counts_are_refused(flag, value):
 def test_bad_schedule():
     with pytest.raises(ValueError, match="--schedule='weekly' is not understood"):
         _args(schedule="weekly")
-    boundaries, factor = presets.parse_schedule("steps:160000,320000,480000:0.1",
-                                                "imagenet2012", 128, 5004)
+    boundaries, factor = recipes.parse_schedule(
+        "steps:160000,320000,480000:0.1", "imagenet2012", 128, 5004
+    )
     assert boundaries == (160000, 320000, 480000) and factor == 0.1
-    assert presets.parse_schedule("auto", "cifar10", 200, 391) == (
-        (60 * 391, 120 * 391, 160 * 391), 0.2)
+    assert recipes.parse_schedule("auto", "cifar10", 200, 391) == (
+        (60 * 391, 120 * 391, 160 * 391),
+        0.2,
+    )
 
 
 @pytest.mark.parametrize("strategy", ["mirrored", "multi_worker", "data_parallel"])
@@ -123,9 +140,14 @@ def test_strategy_the_backend_lacks(strategy, tmp_path):
 
 
 def test_missing_imagenet_archives_fail_first(tmp_path):
-    args = _args(dataset="imagenet2012", model="tiny", image_size=32,
-                 data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "manual"),
-                 model_dir=str(tmp_path / "run"))
+    args = _args(
+        dataset="imagenet2012",
+        model="tiny",
+        image_size=32,
+        data_dir=str(tmp_path / "tfds"),
+        manual_dir=str(tmp_path / "manual"),
+        model_dir=str(tmp_path / "run"),
+    )
     with pytest.raises(FileNotFoundError) as error:
         train.run(args)
     assert str(tmp_path / "manual" / "ILSVRC2012_img_train.tar") in str(error.value)
@@ -192,7 +214,8 @@ def test_tensorboard_gets_the_inversion_error_and_reconstructions(whole_run):
 
     def run_log(run):
         accumulator = event_accumulator.EventAccumulator(
-            str(whole_run[0] / "logs" / run), size_guidance={"tensors": 0})
+            str(whole_run[0] / "logs" / run), size_guidance={"tensors": 0}
+        )
         accumulator.Reload()
         return accumulator
 
@@ -208,8 +231,10 @@ def test_tensorboard_gets_the_inversion_error_and_reconstructions(whole_run):
 
 
 @pytest.mark.parametrize("stop_at, resumed", [(5, 4), (7, 6)])
+@pytest.mark.slow
 def test_interrupted_run_ends_with_the_weights_of_an_uninterrupted_one(
-        whole_run, tmp_path, monkeypatch, stop_at, resumed):
+    whole_run, tmp_path, monkeypatch, stop_at, resumed
+):
     """Stopped after step 5 it resumes from the end of epoch 1 (step 4); after step 7, from
     the checkpoint inside epoch 2 (step 6, with the data, metric sums and seeds of step 6)."""
     with monkeypatch.context() as patch:
@@ -224,6 +249,7 @@ def test_interrupted_run_ends_with_the_weights_of_an_uninterrupted_one(
     assert _history(whole_run[0]) == _history(tmp_path / "cut")
 
 
+@pytest.mark.slow
 def test_epochs_can_be_raised_and_keep_the_schedule_of_the_steps_trained(tmp_path, capsys):
     model_dir = tmp_path / "run"
     train.run(_short(model_dir, epochs=2))  # auto: x0.2 at 30, 60, 80 % of 8 steps
@@ -270,7 +296,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
     # Every checkpoint left is finite: the last good state, and nothing after it.
     kept = checkpoints.list_checkpoints(model_dir)
     assert kept, "the steps before the divergence were checkpointed"
-    model = presets.build_model("tiny", 16, 10)
+    model = kir.IRevNet.from_preset("tiny", classes=10)
     for _, path in kept:
         model.load_weights(path)
         assert all(np.all(np.isfinite(keras.ops.convert_to_numpy(w))) for w in model.weights)

@@ -9,26 +9,35 @@ the backend's), so the three suites share the cost.
 import json
 import os
 import random
-import resource
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import keras
 import numpy as np
 import pytest
 
+import keras_irevnet as kir
 from applications import train
 from applications.training import checkpoints
 from tests.helpers import once_in
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
-FLAGS = ["--epochs=2", "--steps_per_epoch=4", "--checkpoint_every=3", "--batch_size=16",
-         "--eval_steps=2", "--inverse_images=8", "--monitor_images=8", "--verbose=2"]
+# Every test here starts the program in its own processes.
+pytestmark = pytest.mark.slow
+FLAGS = [
+    "--epochs=2",
+    "--steps_per_epoch=4",
+    "--checkpoint_every=3",
+    "--batch_size=16",
+    "--eval_steps=2",
+    "--inverse_images=8",
+    "--monitor_images=8",
+    "--verbose=2",
+]
 
 
 def _env(backend, **extra):
@@ -40,8 +49,11 @@ def _env(backend, **extra):
 def _start(flags, backend, log_path, **env):
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "applications.train", *flags], cwd=REPO,
-            env=_env(backend, **env), stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "applications.train", *flags],
+            cwd=REPO,
+            env=_env(backend, **env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -78,15 +90,19 @@ def _wait_for_checkpoint(model_dir, step, processes, timeout=240):
 # --- SIGKILL at any moment -------------------------------------------------------------------
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason=(
-    "the kill test runs once, in the torch suite (the checkpoint code is backend-neutral; "
-    "exact resumption on every backend is test_train.py's interrupted-run test)"))
+@pytest.mark.skipif(
+    BACKEND != "torch",
+    reason=(
+        "the kill test runs once, in the torch suite (the checkpoint code is backend-neutral; "
+        "exact resumption on every backend is test_train.py's interrupted-run test)"
+    ),
+)
 def test_killed_again_and_again_then_the_same_command_ends_exactly(tmp_path):
     model_dir = str(tmp_path / "run")
     flags = FLAGS + [f"--model_dir={model_dir}", "--checkpoint_every=1", "--epochs=3"]
     rng = random.Random(0)
     log = str(tmp_path / "log.txt")
-    for kill in range(3):
+    for _ in range(3):
         process = _start(flags, BACKEND, log)
         try:
             # Past the next checkpoint, then a random moment: inside a step, a validation or
@@ -107,9 +123,15 @@ def test_killed_again_and_again_then_the_same_command_ends_exactly(tmp_path):
     leftovers = [n for _, _, names in os.walk(model_dir) for n in names if ".partial-" in n]
     assert not leftovers
     reference = str(tmp_path / "reference")
-    train.run(train.resolve_arguments(
-        {**{n: train.FLAGS[n].default for n in train.FLAG_NAMES},
-         **_flag_values(flags), "model_dir": reference}))
+    train.run(
+        train.resolve_arguments(
+            {
+                **{n: train.FLAGS[n].default for n in train.FLAG_NAMES},
+                **_flag_values(flags),
+                "model_dir": reference,
+            }
+        )
+    )
     _assert_same_weights(model_dir, reference)
 
 
@@ -122,13 +144,15 @@ def _flag_values(flags):
 
 
 def _fresh_model():
-    from applications.training import presets
     from applications.training.metrics import accuracy_metrics
     from applications.training.optimizer import CoupledWeightDecaySGD
 
-    model = presets.build_model("tiny", 16, 10)
-    model.compile(optimizer=CoupledWeightDecaySGD(0.1), loss="sparse_categorical_crossentropy",
-                  metrics=accuracy_metrics(10))
+    model = kir.IRevNet.from_preset("tiny", classes=10)
+    model.compile(
+        optimizer=CoupledWeightDecaySGD(0.1),
+        loss="sparse_categorical_crossentropy",
+        metrics=accuracy_metrics(10),
+    )
     return model
 
 
@@ -166,15 +190,25 @@ print(",".join(failures))
 @once_in("torch", "atomic writes are the same code on every backend")
 def test_a_write_cut_by_a_file_size_limit_keeps_the_previous_file(tmp_path):
     model_dir = tmp_path / "run"
-    train.run(train.resolve_arguments(
-        {**{n: train.FLAGS[n].default for n in train.FLAG_NAMES},
-         **_flag_values(FLAGS), "model_dir": str(model_dir), "verbose": 0}))
+    train.run(
+        train.resolve_arguments(
+            {
+                **{n: train.FLAGS[n].default for n in train.FLAG_NAMES},
+                **_flag_values(FLAGS),
+                "model_dir": str(model_dir),
+                "verbose": 0,
+            }
+        )
+    )
     before_model = _weights(model_dir)
     before_metrics = (model_dir / "metrics.json").read_bytes()
     limit = os.path.getsize(model_dir / "model.keras") // 2
     result = subprocess.run(
         [sys.executable, "-c", _LIMITED_WRITER.format(repo=REPO), str(model_dir), str(limit)],
-        env=_env(BACKEND), capture_output=True, text=True, timeout=300,
+        env=_env(BACKEND),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-1] == "model.keras,metrics.json"
@@ -190,8 +224,11 @@ def test_a_write_cut_by_a_file_size_limit_keeps_the_previous_file(tmp_path):
 @once_in("torch", "the program's exit status does not depend on the backend")
 def test_diverging_program_exits_with_one_line_and_status_3(tmp_path):
     log = str(tmp_path / "log.txt")
-    process = _start(FLAGS + [f"--model_dir={tmp_path / 'run'}", "--learning_rate=1e6",
-                              "--checkpoint_every=1"], BACKEND, log)
+    process = _start(
+        FLAGS + [f"--model_dir={tmp_path / 'run'}", "--learning_rate=1e6", "--checkpoint_every=1"],
+        BACKEND,
+        log,
+    )
     assert process.wait(timeout=300) == 3
     with open(log) as f:
         out = f.read()
@@ -215,39 +252,57 @@ def _free_ports(count):
 
 
 def _tf_config(ports, index):
-    return json.dumps({
-        "cluster": {"worker": [f"localhost:{port}" for port in ports]},
-        "task": {"type": "worker", "index": index},
-    })
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"localhost:{port}" for port in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
 
 
 def _start_workers(flags_per_worker, tmp_path, tag):
     ports = _free_ports(2)
     logs = [str(tmp_path / f"{tag}_worker{i}.txt") for i in range(2)]
     processes = [
-        _start(flags + ["--strategy=multi_worker"], "tensorflow", logs[i],
-               TF_CONFIG=_tf_config(ports, i))
+        _start(
+            flags + ["--strategy=multi_worker"],
+            "tensorflow",
+            logs[i],
+            TF_CONFIG=_tf_config(ports, i),
+        )
         for i, flags in enumerate(flags_per_worker)
     ]
     return processes, logs
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason=(
-    "MultiWorkerMirroredStrategy is TensorFlow's; the worker processes run once, in the "
-    "TensorFlow suite"))
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason=(
+        "MultiWorkerMirroredStrategy is TensorFlow's; the worker processes run once, in the "
+        "TensorFlow suite"
+    ),
+)
 def test_two_workers_train_as_one_process_does_and_survive_a_killed_worker(tmp_path):
     # A one-process run with the same global batch split the same way: two replicas.
     mirrored = str(tmp_path / "mirrored")
     log = str(tmp_path / "mirrored.txt")
-    _finish(_start(FLAGS + [f"--model_dir={mirrored}", "--strategy=mirrored",
-                            "--cpu_devices=2"], "tensorflow", log), log)
+    _finish(
+        _start(
+            FLAGS + [f"--model_dir={mirrored}", "--strategy=mirrored", "--cpu_devices=2"],
+            "tensorflow",
+            log,
+        ),
+        log,
+    )
 
     # Two workers; the second is given its own --model_dir to show it writes nothing.
     chief_dir, other_dir = str(tmp_path / "workers"), str(tmp_path / "worker1_dir")
     processes, logs = _start_workers(
         [FLAGS + [f"--model_dir={chief_dir}"], FLAGS + [f"--model_dir={other_dir}"]],
-        tmp_path, "whole")
-    outs = [_finish(p, l) for p, l in zip(processes, logs)]
+        tmp_path,
+        "whole",
+    )
+    outs = [_finish(process, log) for process, log in zip(processes, logs)]
     assert all("strategy multi_worker over 2 replica(s)" in out for out in outs)
     assert not os.path.exists(other_dir) or not os.listdir(other_dir)
     # Per-replica batches, per-replica BatchNorm statistics, gradients summed over the two
@@ -274,21 +329,29 @@ def test_two_workers_train_as_one_process_does_and_survive_a_killed_worker(tmp_p
     killed_at = checkpoints.latest_step(model_dir)
     assert 6 <= killed_at <= 8
     processes, logs = _start_workers([flags, flags], tmp_path, "resumed")
-    outs = [_finish(p, l) for p, l in zip(processes, logs)]
+    outs = [_finish(process, log) for process, log in zip(processes, logs)]
     assert all(f"(global step {killed_at})" in out for out in outs)
     with open(os.path.join(model_dir, "metrics.json")) as f:
         assert json.load(f)["resumed_after_step"] == killed_at
     _assert_same_weights(model_dir, mirrored)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason=(
-    "keras.distribution.DataParallel is JAX's; the processes run once, in the JAX suite"))
+@pytest.mark.skipif(
+    BACKEND != "jax",
+    reason=("keras.distribution.DataParallel is JAX's; the processes run once, in the JAX suite"),
+)
 def test_jax_data_parallel_over_two_devices_and_over_two_processes(tmp_path):
     # One process, its CPU split into two devices.
     one = str(tmp_path / "one_process")
     log = str(tmp_path / "one.txt")
-    out = _finish(_start(FLAGS + [f"--model_dir={one}", "--strategy=data_parallel",
-                                  "--cpu_devices=2"], "jax", log), log)
+    out = _finish(
+        _start(
+            FLAGS + [f"--model_dir={one}", "--strategy=data_parallel", "--cpu_devices=2"],
+            "jax",
+            log,
+        ),
+        log,
+    )
     assert "strategy data_parallel over 2 replica(s)" in out
     with open(os.path.join(one, "metrics.json")) as f:
         assert json.load(f)["inverse_rel_error"] < 1e-5
@@ -299,12 +362,17 @@ def test_jax_data_parallel_over_two_devices_and_over_two_processes(tmp_path):
     two, other = str(tmp_path / "two_processes"), str(tmp_path / "process1_dir")
     logs = [str(tmp_path / f"process{i}.txt") for i in range(2)]
     processes = [
-        _start(FLAGS + [f"--model_dir={directory}", "--strategy=data_parallel"], "jax",
-               logs[i], KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
-               KERAS_DISTRIBUTION_NUM_PROCESSES="2", KERAS_DISTRIBUTION_PROCESS_ID=str(i))
+        _start(
+            FLAGS + [f"--model_dir={directory}", "--strategy=data_parallel"],
+            "jax",
+            logs[i],
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+        )
         for i, directory in enumerate((two, other))
     ]
-    outs = [_finish(p, l) for p, l in zip(processes, logs)]
+    outs = [_finish(process, log) for process, log in zip(processes, logs)]
     assert all("strategy data_parallel over 2 replica(s)" in out for out in outs)
     assert not os.path.exists(other) or not os.listdir(other)
     # The same global batches over the same two devices, whatever process holds them: the
@@ -312,20 +380,35 @@ def test_jax_data_parallel_over_two_devices_and_over_two_processes(tmp_path):
     _assert_same_weights(two, one)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason=(
-    "MirroredStrategy needs the TensorFlow backend; the process runs once, in the "
-    "TensorFlow suite"))
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason=(
+        "MirroredStrategy needs the TensorFlow backend; the process runs once, in the "
+        "TensorFlow suite"
+    ),
+)
 def test_imagenet_from_manual_dir_mirrored_over_two_cpus_and_resume(tmp_path):
     from tests.imagenet_fixture import write_manual_dir
 
     manual = str(tmp_path / "manual")
     written = write_manual_dir(manual)
     model_dir = str(tmp_path / "run")
-    flags = ["--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}",
-             f"--manual_dir={manual}", "--model=tiny", "--image_size=32", "--batch_size=4",
-             "--epochs=2", "--steps_per_epoch=2", "--strategy=mirrored", "--cpu_devices=2",
-             f"--model_dir={model_dir}", "--inverse_images=4", "--monitor_images=4",
-             "--verbose=2"]
+    flags = [
+        "--dataset=imagenet2012",
+        f"--data_dir={tmp_path / 'tfds'}",
+        f"--manual_dir={manual}",
+        "--model=tiny",
+        "--image_size=32",
+        "--batch_size=4",
+        "--epochs=2",
+        "--steps_per_epoch=2",
+        "--strategy=mirrored",
+        "--cpu_devices=2",
+        f"--model_dir={model_dir}",
+        "--inverse_images=4",
+        "--monitor_images=4",
+        "--verbose=2",
+    ]
     log = str(tmp_path / "log.txt")
     out = _finish(_start(flags, "tensorflow", log), log)
     assert "strategy mirrored over 2 replica(s)" in out

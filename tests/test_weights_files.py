@@ -18,16 +18,12 @@ import pytest
 
 import keras_irevnet as kir
 from keras_irevnet.models.weights_file import ARCHITECTURE_ATTRIBUTE
-from tests.helpers import once_in, preprocessed_photos, to_numpy
+from tests.helpers import once_in, preprocessed_photos, tiny_model, to_numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny(**kwargs):
-    config = dict(blocks=(1, 1), strides=(1, 2), channels=(8, 32), init_ds=2,
-                  input_shape=(32, 32, 3), classes=5, classifier_activation=None)
-    config.update(kwargs)
-    return kir.IRevNet(**config)
+tiny = tiny_model
 
 
 # A different network with exactly the same weight shapes: no psi(2), but 12-channel images
@@ -73,9 +69,17 @@ def test_save_weights_writes_architecture_record_and_loads_back(saved):
     model, path = saved
     with h5py.File(path, "r") as h5:
         record = json.loads(h5.attrs[ARCHITECTURE_ATTRIBUTE])
-    assert record == {"version": 1, "blocks": [1, 1], "strides": [1, 2], "channels": [8, 32],
-                      "init_ds": 2, "mult": 4, "input_channels": 3, "include_top": True,
-                      "classes": 5}
+    assert record == {
+        "version": 1,
+        "blocks": [1, 1],
+        "strides": [1, 2],
+        "channels": [8, 32],
+        "init_ds": 2,
+        "mult": 4,
+        "input_channels": 3,
+        "include_top": True,
+        "classes": 5,
+    }
     loaded = tiny()
     loaded.load_weights(path)
     assert_same_weights(weights_of(loaded), weights_of(model))
@@ -107,8 +111,10 @@ def test_same_shapes_other_network_is_refused_naming_the_differences(saved):
         (dict(classes=7), "classes 5 in the file vs 7 in the model"),
         (dict(include_top=False), "include_top True in the file vs False in the model"),
         (dict(mult=2), "mult 4 in the file vs 2 in the model"),
-        (dict(channels=(8, 32), strides=(1, 2), blocks=(2, 1)),
-         r"blocks \(1, 1\) in the file vs \(2, 1\) in the model"),
+        (
+            dict(channels=(8, 32), strides=(1, 2), blocks=(2, 1)),
+            r"blocks \(1, 1\) in the file vs \(2, 1\) in the model",
+        ),
     ],
 )
 def test_each_differing_field_is_named(saved, changes, difference):
@@ -120,8 +126,12 @@ def test_each_differing_field_is_named(saved, changes, difference):
 def test_image_size_dropout_and_dtype_are_not_compared(saved, tmp_path):
     # Fully convolutional: weights saved at 32x32 are the weights of the 64x64 network.
     model, path = saved
-    for other in (tiny(input_shape=(64, 64, 3)), tiny(input_shape=(None, None, 3)),
-                  tiny(dropout=0.2), tiny(dtype="mixed_float16")):
+    for other in (
+        tiny(input_shape=(64, 64, 3)),
+        tiny(input_shape=(None, None, 3)),
+        tiny(dropout=0.2),
+        tiny(dtype="mixed_float16"),
+    ):
         other.load_weights(path)
         assert_same_weights(weights_of(other), weights_of(model))
 
@@ -130,8 +140,11 @@ def test_keras_file_is_compared_through_its_config(tmp_path):
     model = trained(tiny())
     path = str(tmp_path / "model.keras")
     model.save(path)
-    with pytest.raises(ValueError, match=r"model.keras.*init_ds 2 in the file vs 0 in the model; "
-                                         r"input channels 3 in the file vs 12 in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.keras.*init_ds 2 in the file vs 0 in the model; "
+        r"input channels 3 in the file vs 12 in the model",
+    ):
         tiny(**SAME_SHAPES_OTHER_NETWORK, weights=path)
     with pytest.raises(ValueError, match="input channels 3 in the file vs 12 in the model"):
         tiny(**SAME_SHAPES_OTHER_NETWORK).load_weights(path)
@@ -171,8 +184,10 @@ def test_optimizer_state_round_trips_with_the_record(tmp_path):
 
     def compiled():
         model = tiny()
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         return model
 
     model = compiled()
@@ -183,8 +198,10 @@ def test_optimizer_state_round_trips_with_the_record(tmp_path):
     resumed.optimizer.build(resumed.trainable_variables)
     resumed.load_weights(path)
     assert int(to_numpy(resumed.optimizer.iterations)) == 4
-    assert_same_weights([to_numpy(v) for v in resumed.optimizer.variables],
-                        [to_numpy(v) for v in model.optimizer.variables])
+    assert_same_weights(
+        [to_numpy(v) for v in resumed.optimizer.variables],
+        [to_numpy(v) for v in model.optimizer.variables],
+    )
 
 
 def test_skip_mismatch_and_sharded_files_are_left_to_keras(saved, tmp_path):
@@ -225,10 +242,14 @@ def _damaged_record(good, path):
 BAD_WEIGHTS_FILES = {
     "missing": (None, r"not found"),
     "empty": (lambda good, path: open(path, "wb").close(), r"not a readable Keras weights file"),
-    "text": (lambda good, path: open(path, "w").write("loss: 0.3\n"),
-             r"not a readable Keras weights file"),
-    "random bytes": (lambda good, path: open(path, "wb").write(np.random.default_rng(0).bytes(4096)),
-                     r"not a readable Keras weights file"),
+    "text": (
+        lambda good, path: open(path, "w").write("loss: 0.3\n"),
+        r"not a readable Keras weights file",
+    ),
+    "random bytes": (
+        lambda good, path: open(path, "wb").write(np.random.default_rng(0).bytes(4096)),
+        r"not a readable Keras weights file",
+    ),
     "truncated": (_truncated, r"not a readable Keras weights file.*truncated"),
     "foreign hdf5": (_foreign_hdf5, r"holds no Keras weights"),
     "damaged record": (_damaged_record, r"damaged architecture record"),
@@ -259,7 +280,9 @@ def test_bad_keras_file_is_one_line_value_error_naming_it(tmp_path, cut):
     with open(path, "wb") as stream:
         stream.write(b"plain text" if cut == "not a zip" else data[: len(data) // 2])
     for load in (tiny().load_weights, lambda p: tiny(weights=p)):
-        with pytest.raises(ValueError, match=r"model.keras' is not a readable `.keras` file") as error:
+        with pytest.raises(
+            ValueError, match=r"model.keras' is not a readable `.keras` file"
+        ) as error:
             load(path)
         assert "\n" not in str(error.value)
 
@@ -273,7 +296,9 @@ def test_keras_file_without_weights_member_is_named(tmp_path):
         for name, data in members.items():
             if name != "model.weights.h5":
                 archive.writestr(name, data)
-    with pytest.raises(ValueError, match=r"model.keras' is not a Keras model file: .*'model.weights.h5'"):
+    with pytest.raises(
+        ValueError, match=r"model.keras' is not a Keras model file: .*'model.weights.h5'"
+    ):
         tiny(weights=path)
 
 
@@ -321,8 +346,11 @@ def test_failed_save_keeps_the_previous_file(tmp_path, name):
     path = tmp_path / name
     result = subprocess.run(
         [sys.executable, "-c", _FAILED_SAVE, str(path)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-        capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "save failed: 27" in result.stdout  # EFBIG
@@ -355,12 +383,16 @@ def test_load_irevnet_names_the_file_for_every_bad_model_file(tmp_path):
 
 
 @once_in("torch", "the program reads the file the same way on every backend")
+@pytest.mark.slow
 def test_programs_report_a_damaged_model_file_in_one_line(tmp_path):
     damaged = tmp_path / "model.keras"
     damaged.write_bytes(b"PK\x03\x04 cut short")
     result = subprocess.run(
         [sys.executable, "-m", "applications.invert", f"--model_path={damaged}"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr

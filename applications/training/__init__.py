@@ -1,3 +1,4 @@
-"""The parts of applications/train.py, one job per module: model presets and the learning-rate
-schedule (presets), the optimizer (optimizer), devices and distribution (distribute),
-checkpoints and resumption (checkpoints), final evaluation (evaluation)."""
+"""The parts of applications/train.py, one job per module: the training recipes and the
+learning-rate schedule (recipes), the optimizer (optimizer), the metrics (metrics), devices,
+processes and distribution (distribute), checkpoints and exact resumption (checkpoints), the
+run's recorded flags (run_config) and stopping a diverging run (divergence)."""

@@ -186,9 +186,10 @@ def save_checkpoint(model, model_dir, state, inside_epoch):
     with atomic.atomic_path(path) as temporary:
         # One in-memory HDF5 file, weights and training state together, written in one go.
         write_weights_file(
-            model, temporary, architecture_record(model),
-            add_to_file=lambda h5: _write_extras(
-                h5, state, metric_values, seed_values, torch_rng),
+            model,
+            temporary,
+            architecture_record(model),
+            add_to_file=lambda h5: _write_extras(h5, state, metric_values, seed_values, torch_rng),
         )
     return path
 
@@ -249,15 +250,17 @@ def restore(model, model_dir, log=print):
     """
     found = list_checkpoints(model_dir)
     failures = []
-    for step, path in found:
+    for _, path in found:
         try:
             state = load_checkpoint(model, path)
         except ValueError as error:
             failures.append((path, str(error)))
             continue
         for bad, reason in failures:
-            log(f"Checkpoint {bad} is unreadable ({reason}); resuming from the older "
-                f"{os.path.basename(path)} (step {state.step}).")
+            log(
+                f"Checkpoint {bad} is unreadable ({reason}); resuming from the older "
+                f"{os.path.basename(path)} (step {state.step})."
+            )
         return state
     if failures:
         listing = "; ".join(f"{path}: {reason}" for path, reason in failures)

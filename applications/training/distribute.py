@@ -13,7 +13,6 @@ decodes only its own share of every global batch.
 
 import contextlib
 import dataclasses
-import json
 import os
 
 STRATEGIES = {
@@ -65,8 +64,7 @@ def check_strategy(strategy, backend, cpu_devices):
     """ValueError unless --strategy and --cpu_devices are available on `backend`."""
     if strategy not in STRATEGIES:
         raise ValueError(
-            f"--strategy: unknown strategy {strategy!r}; expected one of "
-            f"{', '.join(STRATEGIES)}."
+            f"--strategy: unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}."
         )
     if backend not in STRATEGIES[strategy]:
         available = [name for name, backends in STRATEGIES.items() if backend in backends]
@@ -221,8 +219,11 @@ def _jax_data_parallel():
         keras.distribution.DataParallel(devices=devices, auto_shard_dataset=processes is None)
     )
     return Distributor(
-        "data_parallel", len(devices), is_chief=processes is None or processes[0] == 0,
-        process=processes, feeds_local_batches=True,
+        "data_parallel",
+        len(devices),
+        is_chief=processes is None or processes[0] == 0,
+        process=processes,
+        feeds_local_batches=True,
     )
 
 
@@ -233,15 +234,18 @@ def _multi_worker():
     tf_strategy = _reduce_as_keras_expects(tf.distribute.MultiWorkerMirroredStrategy())
     resolver = tf_strategy.cluster_resolver
     cluster = resolver.cluster_spec().as_dict()
-    workers = [(kind, index) for kind in ("chief", "worker")
-               for index in range(len(cluster.get(kind, ())))]
+    workers = [
+        (kind, index) for kind in ("chief", "worker") for index in range(len(cluster.get(kind, ())))
+    ]
     if len(workers) < 2:
-        return Distributor("multi_worker", tf_strategy.num_replicas_in_sync,
-                           _strategy=tf_strategy)
+        return Distributor("multi_worker", tf_strategy.num_replicas_in_sync, _strategy=tf_strategy)
     position = workers.index((resolver.task_type, resolver.task_id))
     return Distributor(
-        "multi_worker", tf_strategy.num_replicas_in_sync, is_chief=position == 0,
-        process=(position, len(workers)), _strategy=tf_strategy,
+        "multi_worker",
+        tf_strategy.num_replicas_in_sync,
+        is_chief=position == 0,
+        process=(position, len(workers)),
+        _strategy=tf_strategy,
     )
 
 

@@ -21,8 +21,16 @@ from keras_irevnet import atomic
 RUN_CONFIG = "run_config.json"
 # Flags whose values must match the recorded ones when a run resumes.
 FIXED_FLAGS = (
-    "dataset", "model", "image_size", "batch_size", "steps_per_epoch", "learning_rate",
-    "weight_decay", "memory_efficient", "mixed_precision", "seed",
+    "dataset",
+    "model",
+    "image_size",
+    "batch_size",
+    "steps_per_epoch",
+    "learning_rate",
+    "weight_decay",
+    "memory_efficient",
+    "mixed_precision",
+    "seed",
 )
 
 
@@ -75,12 +83,15 @@ def reconcile(model_dir, flags, schedule, steps_done, write=True, log=print):
                 f"({'; '.join(changed)}). Resume with the same flags (--epochs may change), "
                 "or pass a new --model_dir."
             )
-        boundaries, factor = _continued_schedule(stored, flags, boundaries, factor,
-                                                 steps_done, log)
+        boundaries, factor = _continued_schedule(stored, flags, boundaries, factor, steps_done, log)
     if write:
         record = {name: flags[name] for name in FIXED_FLAGS}
-        record.update(schedule=flags["schedule"], epochs=flags["epochs"],
-                      schedule_boundaries=list(boundaries), schedule_factor=factor)
+        record.update(
+            schedule=flags["schedule"],
+            epochs=flags["epochs"],
+            schedule_boundaries=list(boundaries),
+            schedule_factor=factor,
+        )
         atomic.write_json(path, record)
     return boundaries, factor
 
@@ -89,10 +100,12 @@ def _continued_schedule(stored, flags, boundaries, factor, steps_done, log):
     recorded = (tuple(stored.get("schedule_boundaries", ())), stored.get("schedule_factor", 1.0))
     if flags["schedule"] == stored.get("schedule"):
         if recorded != (boundaries, factor):
-            log(f"--epochs changed from {stored.get('epochs')} to {flags['epochs']}: the "
+            log(
+                f"--epochs changed from {stored.get('epochs')} to {flags['epochs']}: the "
                 f"learning-rate schedule stays as resolved when the run started (x"
                 f"{recorded[1]} at steps {', '.join(map(str, recorded[0])) or 'none'}); pass "
-                "--schedule=steps:... to change the steps ahead.")
+                "--schedule=steps:... to change the steps ahead."
+            )
         return recorded
     past = _past_boundaries(recorded[0], steps_done)
     if past != _past_boundaries(boundaries, steps_done) or (past and recorded[1] != factor):

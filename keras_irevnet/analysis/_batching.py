@@ -1,15 +1,14 @@
 """Helpers shared by the analyses: checking the model, batching inputs, tensors to NumPy."""
 
-import numpy as np
-
 import keras
+import numpy as np
 
 
 def check_model(model, what):
     """Raises a TypeError unless `model` has the i-RevNet interface the analyses need."""
     missing = [
         name
-        for name in ("features", "inverse", "image_shape", "feature_shape", "block_stack")
+        for name in ("features", "inverse", "image_shape", "feature_shape", "block_outputs")
         if not hasattr(model, name)
     ]
     if missing:
@@ -20,10 +19,6 @@ def check_model(model, what):
         )
 
 
-def to_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
 def as_image_batch(model, images, what, name="images"):
     """`images` as a NumPy batch of the model's image shape (a single image gets a batch axis).
 
@@ -31,7 +26,7 @@ def as_image_batch(model, images, what, name="images"):
     can stay on disk; tensors are converted.
     """
     if not isinstance(images, np.ndarray):
-        images = to_numpy(images)
+        images = keras.ops.convert_to_numpy(images)
     expected = tuple(model.image_shape)
     if images.shape == expected:
         images = images[None]
@@ -47,9 +42,10 @@ def as_image_batch(model, images, what, name="images"):
     return images
 
 
-def check_batch_size(batch_size, what):
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{what}: `batch_size` must be a positive integer, got {batch_size!r}.")
+def check_positive_int(value, argument, what):
+    """ValueError naming `what` and `argument` unless `value` is a positive integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{what}: `{argument}` must be a positive integer, got {value!r}.")
 
 
 def batches(array, batch_size, dtype):

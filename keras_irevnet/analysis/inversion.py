@@ -1,15 +1,15 @@
 """Analyses 1 and 2 of the paper: exact inversion, and interpolation in feature space."""
 
+import keras
 import numpy as np
 
 from keras_irevnet.analysis import autodiff
 from keras_irevnet.analysis._batching import (
     as_image_batch,
     batches,
-    check_batch_size,
     check_model,
+    check_positive_int,
     progbar,
-    to_numpy,
 )
 
 
@@ -27,13 +27,15 @@ def reconstruct(model, images, batch_size=32, verbose=0):
         The reconstructions as a NumPy array of the batch's shape.
     """
     check_model(model, "reconstruct")
-    check_batch_size(batch_size, "reconstruct")
+    check_positive_int(batch_size, "batch_size", "reconstruct")
     images = as_image_batch(model, images, "reconstruct")
     out = np.empty(images.shape, dtype=model.compute_dtype)
     bar = progbar(len(images), verbose, unit_name="image")
     with autodiff.no_grad():
         for start, x in batches(images, batch_size, model.compute_dtype):
-            out[start : start + len(x)] = to_numpy(model.inverse(model.features(x)))
+            out[start : start + len(x)] = keras.ops.convert_to_numpy(
+                model.inverse(model.features(x))
+            )
             if bar:
                 bar.add(len(x))
     return out
@@ -98,7 +100,7 @@ def interpolate(model, x_a, x_b, steps=8, batch_size=32):
         (pairs, steps) + image_shape for two batches.
     """
     check_model(model, "interpolate")
-    check_batch_size(batch_size, "interpolate")
+    check_positive_int(batch_size, "batch_size", "interpolate")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
         raise ValueError(f"interpolate: `steps` must be an integer >= 2, got {steps!r}.")
     # (len(shape), not np.ndim: a tensor on an accelerator cannot become a NumPy array as is.)
@@ -107,13 +109,12 @@ def interpolate(model, x_a, x_b, steps=8, batch_size=32):
     x_b = as_image_batch(model, x_b, "interpolate", "x_b")
     if len(x_a) != len(x_b):
         raise ValueError(
-            f"interpolate: `x_a` and `x_b` must hold as many images, got {len(x_a)} and "
-            f"{len(x_b)}."
+            f"interpolate: `x_a` and `x_b` must hold as many images, got {len(x_a)} and {len(x_b)}."
         )
     dtype = model.compute_dtype
     with autodiff.no_grad():
-        z_a = to_numpy(model.features(np.asarray(x_a, dtype=dtype)))
-        z_b = to_numpy(model.features(np.asarray(x_b, dtype=dtype)))
+        z_a = keras.ops.convert_to_numpy(model.features(np.asarray(x_a, dtype=dtype)))
+        z_b = keras.ops.convert_to_numpy(model.features(np.asarray(x_b, dtype=dtype)))
         # t = 0 and t = 1 exactly, so the ends are (1 * z_a + 0 * z_b) = z_a and z_b exactly.
         t = np.linspace(0.0, 1.0, steps).astype(dtype)
         t = t.reshape((1, steps) + (1,) * (z_a.ndim - 1))
@@ -121,6 +122,6 @@ def interpolate(model, x_a, x_b, steps=8, batch_size=32):
         z = z.reshape((-1,) + z.shape[2:])
         images = np.empty((len(z),) + tuple(model.image_shape), dtype=dtype)
         for start, chunk in batches(z, batch_size, dtype):
-            images[start : start + len(chunk)] = to_numpy(model.inverse(chunk))
+            images[start : start + len(chunk)] = keras.ops.convert_to_numpy(model.inverse(chunk))
     images = images.reshape((len(x_a), steps) + tuple(model.image_shape))
     return images[0] if single else images

@@ -5,25 +5,16 @@ tensor and averaged over space; then standardized. The classifiers are a 1-neare
 and a linear SVM (scikit-learn), trained on training features, scored on test features.
 """
 
+import keras
 import numpy as np
 
-from keras import ops
-
-from keras_irevnet.analysis import autodiff
-from keras_irevnet.analysis._batching import (
-    batches,
-    check_batch_size,
-    check_model,
-    progbar,
-    to_numpy,
-)
-from keras_irevnet.layers.channels import merge_channels, split_channels
+from keras_irevnet.analysis._batching import check_model, check_positive_int, progbar
 
 CLASSIFIERS = ("nn", "svm")
 
 
 def _block_indices(model, blocks, what):
-    count = len(model.block_stack.blocks)
+    count = len(model.block_outputs)
     if blocks is None:
         return list(range(1, count + 1))
     if isinstance(blocks, int):
@@ -46,20 +37,19 @@ def _block_indices(model, blocks, what):
 def block_features(model, images, blocks=None, batch_size=64, verbose=0):
     """The representation after each block, averaged over space, for a set of images.
 
-    After block j the network's state is the pair (x1, x2); it is merged back into one tensor
-    (the representation at depth j, from which Phi(x) follows bijectively) and averaged over
-    height and width, giving one vector of 2 * channels_j numbers per image.
-
-    Images go through the network `batch_size` at a time in inference mode and only the
-    averaged vectors are kept, so memory is one batch of activations plus the outputs
-    (images x sum of the chosen blocks' widths). For a very large set choose `blocks`, or pass
-    an iterable of batches (e.g. a `tf.data.Dataset` or a generator) instead of an array.
+    After block j the network's state is the pair (x1, x2); merged back into one tensor it is
+    the representation at depth j (`model.block_outputs`), from which Phi(x) follows
+    bijectively. Averaged over height and width it gives one vector of 2 * channels_j numbers
+    per image. The chosen blocks' averages are computed by one Keras model built on
+    `model.block_outputs` and run with `predict` (batched, compiled, inference mode), so only
+    the averaged vectors are kept.
 
     Args:
         model: an `IRevNet`.
         images: a batch (NumPy array, memory map or tensor) of shape (N,) + image_shape,
-            preprocessed as for training; or an iterable yielding such batches (an element
-            that is a tuple, such as (images, labels), contributes its first item).
+            preprocessed as for training; or what `keras.Model.predict` takes besides (a
+            `tf.data.Dataset` of batches, a generator, ...; (images, labels) pairs
+            contribute their images).
         blocks: which blocks to return, numbered from 1 (the first block) to the number of
             blocks; negative numbers count from the end (-1: the last block, whose average is
             the spatially averaged Phi(x)). None: all blocks.
@@ -71,48 +61,32 @@ def block_features(model, images, blocks=None, batch_size=64, verbose=0):
         increasing block order.
     """
     check_model(model, "block_features")
-    check_batch_size(batch_size, "block_features")
+    check_positive_int(batch_size, "batch_size", "block_features")
     wanted = _block_indices(model, blocks, "block_features")
-    last = max(wanted)
-    dtype = model.compute_dtype
-    stack = model.block_stack
     expected = tuple(model.image_shape)
-
     if isinstance(images, np.ndarray) or hasattr(images, "shape"):
-        array = images if isinstance(images, np.ndarray) else to_numpy(images)
-        if array.ndim != len(expected) + 1 or tuple(array.shape[1:]) != expected:
+        images = images if isinstance(images, np.ndarray) else keras.ops.convert_to_numpy(images)
+        if images.ndim != len(expected) + 1 or tuple(images.shape[1:]) != expected:
             raise ValueError(
                 f"block_features: `images` must have shape (batch,) + {expected}, got "
-                f"{tuple(array.shape)}."
+                f"{tuple(images.shape)}."
             )
-        source = batches(array, batch_size, dtype)
-        bar = progbar(len(array), verbose, unit_name="image")
-    else:
-        source = ((None, b[0] if isinstance(b, (tuple, list)) else b) for b in images)
-        bar = progbar(None, verbose, unit_name="image")
-
-    collected = {j: [] for j in wanted}
-    with autodiff.no_grad():
-        for _, x in source:
-            x = ops.convert_to_tensor(x, dtype=dtype)
-            if tuple(x.shape[1:]) != expected:
-                raise ValueError(
-                    f"block_features: batches must have shape (batch,) + {expected}, got "
-                    f"{tuple(x.shape)}."
-                )
-            if model.initial_downsampling is not None:
-                x = model.initial_downsampling(x)
-            pair = split_channels(x)
-            for j, block in enumerate(stack.blocks[:last], start=1):
-                pair = block(pair, training=False)
-                if j in collected:
-                    pooled = ops.mean(merge_channels(*pair), axis=(1, 2))
-                    collected[j].append(to_numpy(pooled).astype("float32"))
-            if bar:
-                bar.add(int(x.shape[0]))
-    if not collected[last]:
-        raise ValueError("block_features: `images` yielded no batches.")
-    return {j: np.concatenate(parts) for j, parts in collected.items()}
+        if not len(images):
+            raise ValueError("block_features: `images` is empty.")
+    names = list(model.block_outputs)
+    pooled = [
+        keras.layers.GlobalAveragePooling2D()(model.block_outputs[names[j - 1]]) for j in wanted
+    ]
+    extractor = keras.Model(model.inputs, pooled)
+    kwargs = {"batch_size": batch_size} if isinstance(images, np.ndarray) else {}
+    try:
+        outputs = extractor.predict(images, verbose=verbose, **kwargs)
+    except ValueError as error:
+        if "empty" in str(error).lower() or "no data" in str(error).lower():
+            raise ValueError("block_features: `images` yielded no batches.") from None
+        raise
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return {j: np.asarray(out, dtype="float32") for j, out in zip(wanted, outputs)}
 
 
 def _classifier(kind, svm_c, max_iter):

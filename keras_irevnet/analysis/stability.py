@@ -2,15 +2,15 @@
 
 import math
 
+import keras
 import numpy as np
 
 from keras_irevnet.analysis import autodiff
 from keras_irevnet.analysis._batching import (
     as_image_batch,
-    check_batch_size,
     check_model,
+    check_positive_int,
     progbar,
-    to_numpy,
 )
 
 # Above this many input numbers the dense Jacobian (input size x feature size numbers) stops
@@ -28,7 +28,7 @@ def dense_jacobian(model, x, batch_size=64, verbose=0):
     examples independently).
     """
     check_model(model, "dense_jacobian")
-    check_batch_size(batch_size, "dense_jacobian")
+    check_positive_int(batch_size, "batch_size", "dense_jacobian")
     x = _single_image(model, x, "dense_jacobian")
     dtype = model.compute_dtype
     n = math.prod(model.image_shape)
@@ -42,7 +42,7 @@ def dense_jacobian(model, x, batch_size=64, verbose=0):
         tangents[np.arange(count), start + np.arange(count)] = 1
         primals = np.repeat(x, count, axis=0)
         columns = jvp(primals, tangents.reshape((count,) + tuple(model.image_shape)))
-        jacobian[:, start : start + count] = to_numpy(columns).reshape(count, m).T
+        jacobian[:, start : start + count] = keras.ops.convert_to_numpy(columns).reshape(count, m).T
         if bar:
             bar.add(count)
     return jacobian
@@ -136,16 +136,14 @@ def _lanczos_singular_values(model, x, k, tol, seed, verbose):
         jtjv = vjp(x, jvp(x, v))
         if bar:
             bar.add(1)
-        return to_numpy(jtjv).astype("float64").reshape(-1)
+        return keras.ops.convert_to_numpy(jtjv).astype("float64").reshape(-1)
 
     operator = LinearOperator((n, n), matvec=normal_matvec, dtype="float64")
     v0 = np.random.default_rng(seed).standard_normal(n)
     # J^T J is symmetric positive semi-definite: its largest eigenvalues are the squares of
     # the largest singular values of J.
     try:
-        eigenvalues = eigsh(
-            operator, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False
-        )
+        eigenvalues = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
     except ArpackNoConvergence as error:
         raise RuntimeError(
             f"jacobian_singular_values: Lanczos found only {len(error.eigenvalues)} of the "

@@ -9,19 +9,18 @@ Datasets: "digits" (scikit-learn, offline), "cifar10", "cifar100" (tfds), "image
 pipelines on every Keras backend.
 """
 
-from keras_irevnet.data.pipeline import Split, check_batch_size, make_dataset
+from keras_irevnet.data.pipeline import Split, check_batch_size, first_images, make_dataset
 from keras_irevnet.data.specs import SPECS, DatasetSpec, dataset_spec
 from keras_irevnet.data.tfds_source import IMAGENET_ARCHIVES, check_prepared_or_preparable
 
-DATASETS = tuple(sorted(SPECS))
-
 __all__ = [
-    "DATASETS",
+    "SPECS",
     "IMAGENET_ARCHIVES",
     "DatasetSpec",
     "Split",
     "check_batch_size",
     "check_prepared_or_preparable",
     "dataset_spec",
+    "first_images",
     "make_dataset",
 ]

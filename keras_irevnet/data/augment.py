@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras_irevnet.preprocessing import NORMALIZATION
 
 # ColorJitter(0.87, 0.5, 0.5, 0.2) of the reference, read as brightness, contrast, saturation,
-# hue (../shared/REFERENCE.md); the torchvision factor ranges are [1 - b, 1 + b] (clipped at 0).
+# hue (docs/reference.md, "Training recipes"); torchvision's factor ranges are [1 - b, 1 + b]
+# (clipped at 0).
 COLOR_JITTER = dict(brightness=0.87, contrast=0.5, saturation=0.5, hue=0.2)
 # Random resized crop of the reference (torchvision defaults).
 CROP_AREA = (0.08, 1.0)

@@ -57,7 +57,12 @@ def make_dataset(
             (digits 16, CIFAR 32, ImageNet 224).
         training: augment, shuffle, drop the last partial batch; defaults to
             `split == "train"`.
-        seed: seeds shuffling and augmentation; None for fresh randomness each run.
+        seed: seeds shuffling and augmentation; None for fresh randomness each run. Every
+            pass over the data is shuffled and augmented afresh, and the batches are a
+            function of the seed alone: the same whichever iterator reads them, however
+            often the dataset was iterated before. With a seed, tfds' file order is fixed
+            by it (the examples are reshuffled every pass through a buffer of 10,000 for
+            ImageNet, the whole split for CIFAR).
         deterministic: keep the element order fixed despite parallel map / interleave
             (slightly slower). Defaults to True when a seed is given: a seeded pipeline then
             yields the same batches on every run.
@@ -97,7 +102,7 @@ def make_dataset(
     deterministic = seed is not None if deterministic is None else bool(deterministic)
     _keep_tensorflow_off_gpus()
     # One seed stream per role, so training and evaluation never share random numbers.
-    seeds = _seed_pairs(seed, 1 if training else 2)
+    stream_seed = _stream_seed(seed, 1 if training else 2)
 
     if spec.name == DIGITS:
         images, labels = digits.load_digits_split(split)
@@ -105,26 +110,26 @@ def make_dataset(
         dataset = tf.data.Dataset.from_tensor_slices((images[..., None], labels))
     else:
         if prepare:
-            builder = tfds_source.check_prepared_or_preparable(
-                spec, [split], data_dir, manual_dir
-            )
+            builder = tfds_source.check_prepared_or_preparable(spec, [split], data_dir, manual_dir)
             tfds_source.prepare(builder, manual_dir)
         else:
             builder = tfds_source.get_builder(spec.name, data_dir)
         dataset = tfds_source.read_split(
-            builder, split, encoded_images=spec.kind == "imagenet",
-            shuffle_files=training, seed=seed,
+            builder,
+            split,
+            encoded_images=spec.kind == "imagenet",
+            shuffle_files=training,
+            seed=seed,
         )
         count = tfds_source.num_examples(builder, split, dataset)
 
-    if training:
-        dataset = dataset.shuffle(
-            min(SHUFFLE_BUFFER[spec.kind], count), seed=seed, reshuffle_each_iteration=True
-        )
-    # A seed pair per image for the stateless augmentations, fresh each epoch.
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    if repeat:
-        dataset = dataset.repeat()
+    dataset = _passes(
+        dataset,
+        count,
+        stream_seed,
+        shuffle_buffer=training and min(SHUFFLE_BUFFER[spec.kind], count),
+        repeat=repeat,
+    )
     # Positioning and sharding act on the undecoded stream: cheap, and the same elements in
     # the same order as a run that never stopped or ran in one process.
     dataset = dataset.skip(start_step * batch_size)
@@ -142,9 +147,7 @@ def make_dataset(
     options.deterministic = deterministic
     if shard is not None:
         # The share is taken above; TensorFlow must not shard it again.
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     dataset = dataset.with_options(options)
     # Training, and shares of batches, keep full batches only.
     steps = count // batch_size if training or shard else -(-count // batch_size)
@@ -160,6 +163,22 @@ def _take_share(dataset, batch_size, index, count):
         )
     dataset = dataset.batch(batch_size // count, drop_remainder=True)
     return dataset.shard(count, index).unbatch()
+
+
+def first_images(dataset, count):
+    """The images of the first batches of `dataset` ((images, labels) batches), `count` at
+    most, as one NumPy array: a fixed sample of a split (evaluation order is fixed)."""
+    import numpy as np
+
+    images, held = [], 0
+    for x, _ in dataset:
+        images.append(np.asarray(x))
+        held += len(images[-1])
+        if held >= count:
+            break
+    if not images:
+        raise ValueError("the dataset yielded no images.")
+    return np.concatenate(images)[:count]
 
 
 def check_batch_size(batch_size, num_replicas):
@@ -195,11 +214,51 @@ def _resolve_split(spec, split):
     return split
 
 
-def _seed_pairs(seed, stream):
-    # Dataset.random re-randomises each epoch, so augmentations differ between epochs but
-    # are the same sequence on every run with the same seed.
-    seed = None if seed is None else int(seed) * 2 + stream
-    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+def _stream_seed(seed, stream):
+    """A 31-bit seed for one role of a pipeline (1 training, 2 evaluation); drawn at random
+    when `seed` is None."""
+    if seed is None:
+        import secrets
+
+        return secrets.randbelow(2**31)
+    return (int(seed) * 2 + stream) % (2**31)
+
+
+def _passes(source, count, stream_seed, shuffle_buffer, repeat):
+    """(element, seed pair) of `source`, shuffled afresh in every pass when `shuffle_buffer`.
+
+    The order is a pure function of `stream_seed` and the pass number, and element i of the
+    stream gets the seed pair (stream_seed, i) for the stateless augmentations. tf.data's
+    reshuffling advances a random generator created with the dataset and shared by all its
+    iterators, so the batches would depend on how often the dataset had been iterated
+    before (Keras opens an iterator just to peek at a batch when it builds a model's
+    metrics), and a resumed run would not see the batches of an uninterrupted one. Built
+    inside `flat_map`, the shuffle gets a new generator with every iterator instead.
+    """
+
+    def stream(_):
+        elements = source
+        if shuffle_buffer:
+            elements = elements.shuffle(
+                shuffle_buffer, seed=stream_seed, reshuffle_each_iteration=True
+            )
+        if repeat:
+            elements = elements.repeat()
+        pairs = tf.data.Dataset.counter().map(
+            lambda i: tf.stack([tf.constant(stream_seed, tf.int64), i])
+        )
+        return tf.data.Dataset.zip((elements, pairs))
+
+    if not shuffle_buffer:  # nothing random: no generator to keep apart
+        return stream(None)
+    # flat_map hides the cardinality, which Keras reads (infinite: keep one iterator over
+    # the epochs; finite: progress bars and evaluation steps).
+    cardinality = tf.data.INFINITE_CARDINALITY if repeat else count
+    return (
+        tf.data.Dataset.range(1)
+        .flat_map(stream)
+        .apply(tf.data.experimental.assert_cardinality(cardinality))
+    )
 
 
 def _transform(kind, size, training):

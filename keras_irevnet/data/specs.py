@@ -14,7 +14,6 @@ class DatasetSpec:
         classes: number of classes.
         train_split / eval_split: the split names used for training and for validation.
         default_image_size: the side of the square images fed to the model by default.
-        native_image_size: the side of the stored images (None: it varies per image).
         kind: which preprocessing family applies ("imagenet", "cifar" or "digits").
         needs_manual_dir: whether tfds builds it from archives the user downloads by hand.
     """
@@ -24,7 +23,6 @@ class DatasetSpec:
     train_split: str
     eval_split: str
     default_image_size: int
-    native_image_size: int | None
     kind: str
     needs_manual_dir: bool = False
 
@@ -32,12 +30,11 @@ class DatasetSpec:
 SPECS = {
     spec.name: spec
     for spec in (
-        DatasetSpec(DIGITS, 10, "train", "test", 16, 8, "digits"),
-        DatasetSpec("cifar10", 10, "train", "test", 32, 32, "cifar"),
-        DatasetSpec("cifar100", 100, "train", "test", 32, 32, "cifar"),
+        DatasetSpec(DIGITS, 10, "train", "test", 16, "digits"),
+        DatasetSpec("cifar10", 10, "train", "test", 32, "cifar"),
+        DatasetSpec("cifar100", 100, "train", "test", 32, "cifar"),
         DatasetSpec(
-            "imagenet2012", 1000, "train", "validation", 224, None, "imagenet",
-            needs_manual_dir=True,
+            "imagenet2012", 1000, "train", "validation", 224, "imagenet", needs_manual_dir=True
         ),
     )
 }

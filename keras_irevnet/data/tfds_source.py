@@ -60,8 +60,10 @@ def read_split(builder, split, *, encoded_images, shuffle_files, seed):
     import tensorflow_datasets as tfds
 
     decoders = {"image": tfds.decode.SkipDecoding()} if encoded_images else None
-    # With a seed the file order is seeded too; tf.data's interleave keeps it deterministic.
-    read_config = tfds.ReadConfig(shuffle_seed=seed)
+    # With a seed the file order is fixed by it, the same in every pass (a reshuffle would
+    # depend on how often the dataset had been iterated, see pipeline._passes); the examples
+    # are still reshuffled every pass through the shuffle buffer.
+    read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=seed is None)
     dataset = builder.as_dataset(
         split=split,
         decoders=decoders,

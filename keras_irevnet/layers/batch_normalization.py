@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_irevnet import _compat
+
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
 class BatchNormalization(keras.layers.BatchNormalization):
@@ -11,16 +13,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Keras 3.15 upcasts the inputs with `result_type(dtype, "float32")`, which is float64 on
     TensorFlow but float32 on JAX and torch: a float64 i-RevNet would run every BatchNorm in
     float32 there. The inverse x1 = y1 - F(x2) then sees F jump by float32 rounding steps
-    wherever the reconstructed x2 differs from the original in the last float64 bits
-    (measured: 1.5e-12 instead of 2e-16 on the injective ImageNet model, torch backend).
+    wherever the reconstructed x2 differs from the original in the last float64 bits, and
+    float64 models invert to about 1e-12 instead of 1e-16.
 
     On TensorFlow, training-mode float32 batches go through TensorFlow's fused kernel
     (`FusedBatchNormV3` and its fused gradient), where Keras computes the moments and the
-    normalisation in separate ops: measured 15-35 % faster training steps for the CIFAR
-    i-RevNet. Not under XLA (`jit_compile=True`): XLA's CPU lowering of the fused op made
-    the same step 3x slower than Keras' ops. Its batch variance is Bessel-corrected; the moving variance is updated with
-    the biased one, as Keras does. Outputs, gradients and moving statistics agree with
-    Keras' path to float32 rounding (tested).
+    normalisation in separate ops: faster training steps. Not under XLA (`jit_compile=True`),
+    whose CPU lowering of the fused op is slower than Keras' ops. Its batch variance is
+    Bessel-corrected; the moving variance is updated with the biased one, as Keras does.
+    Outputs, gradients and moving statistics agree with Keras' path to float32 rounding
+    (tested). The measurements: benchmarks/results/optimisations.md.
 
     Every other case takes Keras' own path unchanged.
     """
@@ -31,10 +33,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if mask is not None or keras.backend.standardize_dtype(inputs.dtype) != "float64":
             return super().call(inputs, training=training, mask=mask)
         if training and self.trainable:
-            mean, variance = self._moments(inputs, None)
-            self.moving_mean.assign(
-                self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
-            )
+            rank = len(inputs.shape)
+            axes = [i for i in range(rank) if i != self.axis % rank]
+            mean, variance = ops.moments(inputs, axes, synchronized=self.synchronized)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
                 self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
             )
@@ -63,7 +65,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and not self.renorm
             and keras.backend.standardize_dtype(inputs.dtype) == "float32"
             and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
-            and not _in_xla_context()
+            and not _compat.tensorflow_in_xla_context()
         )
 
     def _fused_training_call(self, inputs):
@@ -83,12 +85,3 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
         return outputs
-
-
-def _in_xla_context():
-    # Private TensorFlow API (as Keras 2's own layers used): true inside a function being
-    # built for XLA, e.g. `tf.function(jit_compile=True)`, Keras' `jit_compile=True` step.
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())

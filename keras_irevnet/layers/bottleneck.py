@@ -91,8 +91,8 @@ class Bottleneck(keras.layers.Layer):
     def call(self, inputs, training=None):
         # The sublayers' `call`, not `__call__`: this layer's `__call__` has already cast the
         # input and entered the autocast scope of the same dtype policy, and the sublayers
-        # were built in `build`. Keras' per-call bookkeeping, six times per block, cost
-        # about a third of the ImageNet model's eager (torch) inference time.
+        # were built in `build`. Keras' per-call bookkeeping, six times per block, was a
+        # large share of eager inference (benchmarks/results/optimisations.md).
         x = inputs
         if self.input_norm is not None:
             x = ops.relu(self.input_norm.call(x, training=training))

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_irevnet import _compat
+
 
 class _TorchKernelCache:
     """The last kernel converted to torch's layout, valid while the variable is unchanged."""
@@ -17,16 +19,17 @@ class _TorchKernelCache:
         # Keras kernels are (kh, kw, in, out); torch's oneDNN convolution wants
         # (out, in, kh, kw) in its channels_last memory format (out, kh, kw, in). Reordering
         # a permuted view costs more than the convolution itself for the ImageNet model's
-        # widest layers (measured: 13.4 ms vs 5.2 ms for a 7x7, 384 -> 1536 convolution at
-        # batch 4). Without autograd (inference), reuse the reordered copy until the
-        # variable changes: in-place updates (optimizer steps, `assign`) bump `_version`,
-        # and holding `source` keeps a replaced tensor from being mistaken for the old one.
+        # widest layers (benchmarks/results/optimisations.md). Without autograd
+        # (inference), reuse the reordered copy until the variable changes: in-place
+        # updates (optimizer steps, `assign`) bump torch's version counter, and holding
+        # `source` keeps a replaced tensor from being mistaken for the old one.
         view = kernel.permute(3, 2, 0, 1)
         if torch.is_grad_enabled() and kernel.requires_grad:
             return view
-        if self.source is not kernel or self.version != kernel._version:
+        version = _compat.torch_version_counter(kernel)
+        if self.source is not kernel or self.version != version:
             self.converted = view.contiguous(memory_format=torch.channels_last)
-            self.source, self.version = kernel, kernel._version
+            self.source, self.version = kernel, version
         return self.converted
 
 
@@ -40,12 +43,12 @@ class Conv2D(keras.layers.Conv2D):
     seen as (N, C, H, W) is already in torch's channels_last memory format, which its CPU
     (oneDNN) convolution takes as is. Keras 3.15 instead makes the view NCHW-contiguous and
     then converts it back to channels_last: two full copies of every convolution's input
-    (measured: 40 % of the CIFAR model's inference time). Outside autograd the kernel in
+    (benchmarks/results/optimisations.md). Outside autograd the kernel in
     torch's layout is cached while the variable is unchanged (inference keeps one copy of
     each kernel: as much memory again as the convolution weights).
 
-    Everything else, `torch.compile`, and every other backend, is Keras' own `Conv2D`. Weights and results
-    are those of Keras' layer (tested bit for bit).
+    Everything else, `torch.compile`, and every other backend, is Keras' own `Conv2D`.
+    Weights and results are those of Keras' layer (tested bit for bit).
     """
 
     def __init__(self, *args, **kwargs):
@@ -60,8 +63,8 @@ class Conv2D(keras.layers.Conv2D):
 
         if torch.compiler.is_compiling():
             # Under torch.compile the layout is the compiler's business, and dynamo fails
-            # on channels_last views with dynamic batch sizes (measured: "cannot determine
-            # truth value of Relational" in `fit`); Keras' path compiles.
+            # on channels_last views with dynamic batch sizes ("cannot determine truth value
+            # of Relational" in `fit`); Keras' path compiles.
             return super().convolution_op(inputs, kernel)
 
         x = keras.ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)

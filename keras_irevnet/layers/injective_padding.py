@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from keras_irevnet.layers.invertible import InvertibleLayer
+
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
-class InjectivePadding(keras.layers.Layer):
+class InjectivePadding(InvertibleLayer):
     """Appends `padding` zero channels at the end of the channel axis.
 
     This is how an i-RevNet widens its state without losing information: the map is
@@ -20,9 +22,7 @@ class InjectivePadding(keras.layers.Layer):
     def __init__(self, padding, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(padding, int) or padding < 0:
-            raise ValueError(
-                f"`padding` must be a non-negative integer, got {padding!r}."
-            )
+            raise ValueError(f"`padding` must be a non-negative integer, got {padding!r}.")
         self.padding = padding
 
     def call(self, inputs):

@@ -3,9 +3,11 @@
 import keras
 from keras import ops
 
+from keras_irevnet.layers.invertible import InvertibleLayer
+
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
-class InvertibleDownsampling(keras.layers.Layer):
+class InvertibleDownsampling(InvertibleLayer):
     """Moves each `block_size` x `block_size` patch of pixels into the channel axis.
 
     Input pixel (h*b + dh, w*b + dw, c) lands in channel `(dh*b + dw)*C + c` of output pixel
@@ -23,9 +25,7 @@ class InvertibleDownsampling(keras.layers.Layer):
     def __init__(self, block_size=2, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(
-                f"`block_size` must be a positive integer, got {block_size!r}."
-            )
+            raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
         self.block_size = block_size
 
     def _check_spatial(self, shape):

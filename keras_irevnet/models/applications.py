@@ -1,29 +1,25 @@
-"""Keras-Applications-style constructors for the reference i-RevNet configurations."""
+"""Keras-Applications-style constructors for the published i-RevNet configurations.
+
+Each is `IRevNet.from_preset(name, ...)` with the Keras Applications signature; the presets
+live in `keras_irevnet.models.presets` (docs/reference.md, "Configurations").
+"""
 
 from keras_irevnet.models.irevnet import IRevNet
-
-# The configurations of the authors' released code (pytorch-i-revnet), and our choice for (a).
-CIFAR_CONFIG = dict(
-    blocks=(18, 18, 18), strides=(1, 2, 2), channels=(16, 64, 256), init_ds=0, dropout=0.1
-)
-BIJECTIVE_CONFIG = dict(
-    blocks=(6, 16, 72, 6), strides=(2, 2, 2, 2), channels=(24, 96, 384, 1536), init_ds=2
-)
-INJECTIVE_CONFIG = dict(
-    blocks=(6, 16, 72, 6), strides=(1, 2, 2, 2), channels=(29, 116, 464, 1856), init_ds=2
-)
 
 _COMMON_DOC = """
     Args:
         include_top: whether to add the head (BN -> ReLU -> global average pool -> Dense).
             Without it the model returns Phi(x), or its pooled version (see `pooling`).
-        weights: None (random init, PyTorch's scheme) or the path of a `.weights.h5` /
-            `.keras` file. A missing or unreadable file, or one saved from a different
-            i-RevNet (see `IRevNet.load_weights`), raises a ValueError. The authors' PyTorch
-            checkpoints load with `keras_irevnet.load_official_weights`.
-        input_tensor: optional `keras.Input` to use as the model's input.
+        weights: None (random init, PyTorch's scheme), "imagenet" where published weights
+            exist (`IRevNetBijective`: the authors' ImageNet weights, downloaded and
+            converted once, then cached; see `keras_irevnet.pretrained`), or the path of a
+            `.weights.h5` / `.keras` file. A missing, unreadable or other-architecture file
+            raises a ValueError naming it. Other checkpoints of the authors' PyTorch code
+            load with `keras_irevnet.load_official_weights`.
+        input_tensor: optional Keras tensor to use as the image input.
         input_shape: (height, width, channels), channels-last; height and width must be
-            multiples of the total downsampling ({downsampling}). Defaults to {default_shape}.
+            multiples of the total downsampling ({downsampling}); (None, None, 3) accepts any
+            such size. Defaults to {default_shape}.
         pooling: with `include_top=False`: None (Phi(x)), "avg" or "max".
         classes: number of classes.
         classifier_activation: activation of the last layer; None returns logits.
@@ -49,6 +45,15 @@ def _document(downsampling, default_shape):
     return decorate
 
 
+def _from_preset(preset, arguments):
+    """`IRevNet.from_preset(preset, ...)` with a constructor's arguments (its `locals()`)."""
+    arguments = dict(arguments)
+    arguments.update(arguments.pop("kwargs"))
+    if arguments["input_shape"] is None:  # the preset's own
+        del arguments["input_shape"]
+    return IRevNet.from_preset(preset, **arguments)
+
+
 @_document(32, "(224, 224, 3)")
 def IRevNetBijective(
     include_top=True,
@@ -62,26 +67,14 @@ def IRevNetBijective(
     name="irevnet_bijective",
     **kwargs,
 ):
-    """The bijective ImageNet i-RevNet (paper's model (b), "i-RevNet 301").
+    """The bijective ImageNet i-RevNet (paper's model (b), "i-RevNet 301"), preset "bijective".
 
     The configuration of the authors' released code: blocks (6, 16, 72, 6), strides
     (2, 2, 2, 2), channels (24, 96, 384, 1536), initial psi(2), no dropout. Phi(x) of a
     224x224x3 image is 7x7x3072, exactly as many numbers as the image. 125,120,356 trainable
     parameters with 1000 classes.
-"""
-    return IRevNet(
-        **BIJECTIVE_CONFIG,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=(224, 224, 3) if input_shape is None else input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        memory_efficient=memory_efficient,
-        name=name,
-        **kwargs,
-    )
+    """
+    return _from_preset("bijective", locals())
 
 
 @_document(16, "(224, 224, 3)")
@@ -97,7 +90,8 @@ def IRevNetInjective(
     name="irevnet_injective",
     **kwargs,
 ):
-    """The injective ImageNet i-RevNet (paper's model (a), about 181M parameters).
+    """The injective ImageNet i-RevNet (paper's model (a), about 181M parameters), preset
+    "injective".
 
     The paper does not give the widths of (a) and the authors' code does not contain it, so
     this is our choice: the depth of (b) (blocks (6, 16, 72, 6), initial psi(2)) with a first
@@ -107,20 +101,8 @@ def IRevNetInjective(
     is the one that lands nearest the paper's count. Phi(x) of a 224x224x3 image is
     14x14x3712, 4.8x as many numbers as the image. 181,881,171 trainable parameters with 1000
     classes (0.5 % over the paper's 181M).
-"""
-    return IRevNet(
-        **INJECTIVE_CONFIG,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=(224, 224, 3) if input_shape is None else input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        memory_efficient=memory_efficient,
-        name=name,
-        **kwargs,
-    )
+    """
+    return _from_preset("injective", locals())
 
 
 @_document(4, "(32, 32, 3)")
@@ -136,22 +118,10 @@ def IRevNetCIFAR(
     name="irevnet_cifar",
     **kwargs,
 ):
-    """The CIFAR-10 i-RevNet of the authors' code ("i-RevNet 163", injective).
+    """The CIFAR-10 i-RevNet of the authors' code ("i-RevNet 163", injective), preset "cifar".
 
     Blocks (18, 18, 18), strides (1, 2, 2), channels (16, 64, 256), no initial psi, dropout
     0.1. The first block pads the 3 input channels to 32 (injective); Phi(x) of a 32x32x3
     image is 8x8x512. 6,274,826 trainable parameters with 10 classes.
-"""
-    return IRevNet(
-        **CIFAR_CONFIG,
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-        input_shape=(32, 32, 3) if input_shape is None else input_shape,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
-        memory_efficient=memory_efficient,
-        name=name,
-        **kwargs,
-    )
+    """
+    return _from_preset("cifar", locals())

@@ -2,45 +2,18 @@
 
 import keras
 from keras import ops
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
+from keras_irevnet import _compat
+from keras_irevnet.layers.additive_coupling import final, walk
 from keras_irevnet.layers.channels import merge_channels, split_channels, split_shape
-from keras_irevnet.layers.irevnet_block import IRevNetBlock, block_padding
+from keras_irevnet.layers.invertible import InvertibleLayer
+from keras_irevnet.layers.irevnet_block import IRevNetBlock
+from keras_irevnet.models.checks import check_stage_config, check_stage_widths
 from keras_irevnet.reversible import reversible_blocks
 
 
-def _check_stage_config(blocks, strides, channels):
-    for arg, values in (("blocks", blocks), ("strides", strides), ("channels", channels)):
-        if not isinstance(values, (list, tuple)) or not values:
-            raise ValueError(f"`{arg}` must be a non-empty list or tuple, got {values!r}.")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-            raise ValueError(f"`{arg}` must hold positive integers, got {values!r}.")
-    if not len(blocks) == len(strides) == len(channels):
-        raise ValueError(
-            "`blocks`, `strides` and `channels` give one value per stage and must have the "
-            f"same length; got {len(blocks)} blocks {tuple(blocks)}, {len(strides)} strides "
-            f"{tuple(strides)} and {len(channels)} channels {tuple(channels)}."
-        )
-    for i, s in enumerate(strides):
-        if s not in (1, 2):
-            raise ValueError(f"strides[{i}] must be 1 or 2, got {s}.")
-
-
-def check_stage_widths(in_channels, strides, channels):
-    """Raises a ValueError naming the first stage whose width cannot follow its input."""
-    for i, (s, c) in enumerate(zip(strides, channels)):
-        try:
-            block_padding(in_channels, c, s)
-        except ValueError as error:
-            raise ValueError(
-                f"channels[{i}]={c} does not fit stage {i} (strides[{i}]={s}, "
-                f"{in_channels} channels entering): {error}"
-            ) from None
-        in_channels = 2 * c
-
-
 @keras.saving.register_keras_serializable(package="keras_irevnet")
-class BlockStack(keras.layers.Layer):
+class BlockStack(InvertibleLayer):
     """split -> i-RevNet blocks -> merge, with `inverse` walking the blocks backwards.
 
     Stage k has `blocks[k]` blocks of width `channels[k]`; its first block has stride
@@ -62,9 +35,13 @@ class BlockStack(keras.layers.Layer):
     def __init__(
         self, blocks, strides, channels, dropout=0.0, mult=4, memory_efficient=False, **kwargs
     ):
+        # The stack reads its blocks' variables for reversible backprop in their own dtype
+        # (float32 under a mixed policy): no autocasting at this level. The blocks, called
+        # as layers, still compute in the policy's compute dtype.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         blocks, strides, channels = tuple(blocks), tuple(strides), tuple(channels)
-        _check_stage_config(blocks, strides, channels)
+        check_stage_config(blocks, strides, channels)
         self.stage_blocks = blocks
         self.stage_strides = strides
         self.stage_channels = channels
@@ -93,13 +70,23 @@ class BlockStack(keras.layers.Layer):
             block.build(shape)
             shape = block.compute_output_shape(shape)
 
+    def walk(self, inputs, training=None):
+        """Yields (block, pair) after each block: the stack's forward pass, one block at a time.
+
+        The one place that runs split -> blocks; `call`, `IRevNet.block_outputs` and the
+        analyses are built on it. Works on eager, traced and symbolic (`keras.Input`) tensors.
+        """
+        yield from walk(
+            self.blocks,
+            split_channels(inputs),
+            lambda block, pair: block(pair, training=training),
+        )
+
     def call(self, inputs, training=None):
-        if self.memory_efficient and training and not in_symbolic_scope():
+        if self.memory_efficient and training and not _compat.in_symbolic_scope():
             return self._reversible_call(inputs, training)
-        x = split_channels(inputs)
-        for block in self.blocks:
-            x = block(x, training=training)
-        return merge_channels(*x)
+        _, pair = final(self.walk(inputs, training=training))
+        return merge_channels(*pair)
 
     def _reversible_call(self, inputs, training):
         # Only in training mode: that is where backprop stores activations. Inference-mode
@@ -125,8 +112,14 @@ class BlockStack(keras.layers.Layer):
             shape = block.compute_output_shape(shape)
         return shape[0][:-1] + (shape[0][-1] + shape[1][-1],)
 
+    def compute_inverse_shape(self, output_shape):
+        shape = split_shape(output_shape)
+        for block in reversed(self.blocks):
+            shape = block.compute_inverse_shape(shape)
+        return shape[0][:-1] + (shape[0][-1] + shape[1][-1],)
+
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "blocks": self.stage_blocks,
             "strides": self.stage_strides,
@@ -135,3 +128,5 @@ class BlockStack(keras.layers.Layer):
             "mult": self.mult,
             "memory_efficient": self.memory_efficient,
         }
+        config.pop("autocast", None)  # always False: not a choice
+        return config

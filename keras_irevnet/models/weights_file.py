@@ -16,7 +16,9 @@ import os
 import zipfile
 
 import h5py
-from keras.src.saving import saving_lib
+
+from keras_irevnet import _compat
+from keras_irevnet.atomic import atomic_path
 
 ARCHITECTURE_ATTRIBUTE = "keras_irevnet_architecture"
 RECORD_VERSION = 1
@@ -106,24 +108,15 @@ def write_weights_file(model, path, record, add_to_file=None):
     `add_to_file(h5_file)`, if given, adds more to the file before it is written (the
     training program's checkpoints add their training state).
     """
-    buffer = io.BytesIO()
-    store = saving_lib.H5IOStore(buffer, mode="w")
-    try:
-        # What `keras.Model.save_weights` does, into the buffer instead of a file.
-        saving_lib._save_state(
-            model,
-            weights_store=store,
-            assets_store=None,
-            inner_path="",
-            visited_saveables=set(),
-        )
-        store.h5_file.attrs[ARCHITECTURE_ATTRIBUTE] = json.dumps(record)
+
+    def add_record(h5_file):
+        h5_file.attrs[ARCHITECTURE_ATTRIBUTE] = json.dumps(record)
         if add_to_file is not None:
-            add_to_file(store.h5_file)
-    finally:
-        store.close()
+            add_to_file(h5_file)
+
+    data = _compat.weights_h5_bytes(model, add_to_file=add_record)
     with open(path, "wb") as stream:
-        stream.write(buffer.getbuffer())
+        stream.write(data)
 
 
 def _parse_record(text, path):
@@ -180,10 +173,16 @@ def check_weights_argument(weights):
             f"got {weights!r}."
         )
     path = os.fspath(weights)
+    if path == "imagenet":
+        raise ValueError(
+            '`weights="imagenet"` is a preset\'s published weights: use '
+            'IRevNetBijective(weights="imagenet") or IRevNet.from_preset("bijective", '
+            'weights="imagenet").'
+        )
     if not (path.endswith(".weights.h5") or path.endswith(".keras")):
         raise ValueError(
-            f"`weights` must be a `.weights.h5` or `.keras` file, got {path!r} "
-            "(there are no downloadable pretrained weights; the authors' PyTorch "
+            f"`weights` must be None, 'imagenet' (with a preset that has published weights) or "
+            f"a `.weights.h5` or `.keras` file, got {path!r} (the authors' PyTorch "
             "checkpoints load with `keras_irevnet.load_official_weights`)."
         )
     check_file_exists(path, "`weights`")
@@ -288,9 +287,11 @@ def _classifier_classes(h5):
     """
     shapes = []
     h5.visititems(
-        lambda _, obj: shapes.append(obj.shape)
-        if isinstance(obj, h5py.Dataset) and len(obj.shape) == 2
-        else None
+        lambda _, obj: (
+            shapes.append(obj.shape)
+            if isinstance(obj, h5py.Dataset) and len(obj.shape) == 2
+            else None
+        )
     )
     return shapes[0][1] if shapes else None
 
@@ -334,3 +335,75 @@ def reading_errors(path, model_name):
         ) from None
     except (OSError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
         raise _unreadable(path, error, "Keras weights file") from None
+
+
+# --- the model's saving methods ------------------------------------------------------------
+
+
+class SafeWeightsFiles:
+    """`save`, `save_weights` and `load_weights` of `IRevNet`: atomic, recorded, checked.
+
+    A mixin for a `keras.Model` with the IRevNet attributes `architecture_record` reads.
+    Targets Keras handles differently (sharded, remote, unzipped, legacy `.h5`) keep Keras'
+    own behaviour.
+    """
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Saves the model as a `.keras` file (see `keras.Model.save`), atomically.
+
+        A local `.keras` file is written under a temporary name in the same directory and
+        renamed into place once complete: a failed or interrupted write never leaves a
+        partial file, nor replaces a good one.
+        """
+        path = os.fspath(filepath) if is_local_path(filepath) else None
+        if path is None or zipped is False or not path.endswith(".keras"):
+            return super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        if _may_write(path, overwrite):
+            with atomic_path(path) as temporary:
+                super().save(temporary, overwrite=True, zipped=zipped, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Saves the weights to a `.weights.h5` file (see `keras.Model.save_weights`).
+
+        The file also holds this model's architecture record (blocks, strides, channels,
+        init_ds, mult, input channels, include_top, classes), which `load_weights` compares
+        with the model it loads into. It is written atomically: under a temporary name in the
+        same directory, renamed into place once complete.
+        """
+        path = os.fspath(filepath) if is_local_path(filepath) else None
+        if path is None or max_shard_size is not None or not path.endswith(".weights.h5"):
+            return super().save_weights(
+                filepath, overwrite=overwrite, max_shard_size=max_shard_size
+            )
+        if _may_write(path, overwrite):
+            with atomic_path(path) as temporary:
+                write_weights_file(self, temporary, architecture_record(self))
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Loads weights from a `.weights.h5` or `.keras` file (see `keras.Model.load_weights`).
+
+        Before anything is assigned, the file's architecture record (or, in a `.keras` file,
+        its model config) is compared with this model; files saved by plain Keras or
+        keras_irevnet 0.1 have none and get Keras' shape checks only. With
+        `skip_mismatch=True` the comparison is skipped (partial loading is then the point).
+
+        Raises:
+            ValueError: the file is missing or unreadable (not HDF5, truncated, damaged), or
+                holds a different i-RevNet (every differing field is named, with the file's
+                and the model's values), or its weights do not fit the model.
+        """
+        path = os.fspath(filepath) if is_local_path(filepath) else None
+        if path is None or not path.endswith((".weights.h5", ".keras")):
+            if path is not None and path.endswith(".weights.json"):
+                check_file_exists(path)
+            return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        saved = read_saved_architecture(path)
+        if saved is not None and not skip_mismatch:
+            check_same_architecture(architecture_record(self), saved, path, self.name)
+        with reading_errors(path, self.name):
+            super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+
+
+def _may_write(path, overwrite):
+    """Keras' rule: an existing file is replaced if `overwrite`, else only if the user agrees."""
+    return overwrite or not os.path.exists(path) or _compat.ask_to_proceed_with_overwrite(path)

@@ -51,20 +51,20 @@ def reversible_blocks(blocks, inputs, training):
         output_grads, _ = cotangents  # the updated state is not differentiated
         index = {id(v): i for i, v in enumerate(weights)}
 
-        def bottleneck_vjp(block, a2):
+        def residual_vjp(block, a2):
             block_weights = block.trainable_variables
             block_values = [weight_values[index[id(v)]] for v in block_weights]
 
-            def bottleneck(a2, values):
+            def residual(a2, values):
                 # Every variable mapped (a nested scope does not fall back to the outer
                 # one), the seeds to their values before the forward pass: the same masks;
                 # BatchNorm's second update of the moving statistics is dropped with the scope.
                 replaced = mapping(weight_values, state_values)
                 replaced += list(zip(block_weights, values))
                 with _walk.replay_scope((), (), replaced):
-                    return block.bottleneck(a2, training=training)
+                    return block.residual(a2, training=training)
 
-            fa2, pullback = jax.vjp(bottleneck, a2, block_values)
+            fa2, pullback = jax.vjp(residual, a2, block_values)
 
             def vjp(cotangent):
                 grad_a2, grad_values = pullback(cotangent)
@@ -76,7 +76,11 @@ def reversible_blocks(blocks, inputs, training):
         # the next: left free, its scheduler computes weight gradients late or
         # reconstructions early, and activations of many blocks are alive at once.
         input_grads, weight_grads = _walk.backward(
-            blocks, outputs, output_grads, bottleneck_vjp, checkpoints,
+            blocks,
+            outputs,
+            output_grads,
+            residual_vjp,
+            checkpoints,
             barrier=jax.lax.optimization_barrier,
         )
         return (
@@ -89,9 +93,7 @@ def reversible_blocks(blocks, inputs, training):
         )
 
     run.defvjp(run_fwd, run_bwd)
-    outputs, new_states = run(
-        tuple(inputs), _walk.raw_values(weights), _walk.raw_values(states)
-    )
+    outputs, new_states = run(tuple(inputs), _walk.raw_values(weights), _walk.raw_values(states))
     for variable, value in zip(states, new_states):
         variable.assign(value)
     return outputs

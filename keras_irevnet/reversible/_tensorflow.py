@@ -2,19 +2,16 @@
 
 import tensorflow as tf
 
-# The custom-gradient forward must not be recorded by an enclosing eager GradientTape, or that
-# tape would keep every activation alive (TensorFlow's own tf.recompute_grad does the same).
-from tensorflow.python.eager import record
-
+from keras_irevnet import _compat
 from keras_irevnet.reversible import _walk
 
 
-def _bottleneck_vjp(seed_variables, seed_values, training):
-    def bottleneck_vjp(block, a2):
+def _residual_vjp(seed_variables, seed_values, training):
+    def residual_vjp(block, a2):
         with tf.GradientTape() as tape:
             tape.watch(a2)
             with _walk.replay_scope(seed_variables, seed_values):
-                fa2 = block.bottleneck(a2, training=training)
+                fa2 = block.residual(a2, training=training)
         # The trainable tf.Variables F read (the tape watches those automatically): the same
         # objects TensorFlow lists in the `variables` of the gradient function.
         weights = list(tape.watched_variables())
@@ -25,7 +22,7 @@ def _bottleneck_vjp(seed_variables, seed_values, training):
 
         return fa2, vjp
 
-    return bottleneck_vjp
+    return residual_vjp
 
 
 def _barrier(tensors):
@@ -45,7 +42,9 @@ def reversible_blocks(blocks, inputs, training):
     def run(x1, x2):
         # The seeds before the forward pass advances them: the recompute replays these.
         seed_values = [tf.identity(v) for v in _walk.raw_values(seed_variables)]
-        with record.stop_recording():
+        # An enclosing eager GradientTape must not record the forward (it would keep every
+        # activation alive).
+        with _compat.tensorflow_stop_recording():
             outputs, checkpoints = _walk.forward(blocks, (x1, x2), training)
         outputs = tuple(tf.identity(y) for y in outputs)
 
@@ -54,7 +53,7 @@ def reversible_blocks(blocks, inputs, training):
                 blocks,
                 outputs,
                 output_grads,
-                _bottleneck_vjp(seed_variables, seed_values, training),
+                _residual_vjp(seed_variables, seed_values, training),
                 checkpoints,
                 barrier=_barrier,
             )

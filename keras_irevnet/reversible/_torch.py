@@ -41,7 +41,7 @@ class _Chain:
                 torch.cuda.set_rng_state(cuda)
             yield
 
-    def bottleneck_vjp(self, block, a2):
+    def residual_vjp(self, block, a2):
         # Runs inside backward(), where autograd is off by default: switch it on locally.
         a2 = a2.detach().requires_grad_(True)
         params = _walk.raw_values(block.trainable_variables)
@@ -50,7 +50,7 @@ class _Chain:
             self.replayed_rng(block),
             _walk.replay_scope(self.seed_variables, self.seed_values),
         ):
-            fa2 = block.bottleneck(a2, training=self.training)
+            fa2 = block.residual(a2, training=self.training)
 
         def vjp(cotangent):
             grads = torch.autograd.grad(fa2, [a2] + params, cotangent, allow_unused=True)
@@ -90,7 +90,7 @@ class _ReversibleBlocks(torch.autograd.Function):
             i: (stored[2 * j], stored[2 * j + 1]) for j, i in enumerate(ctx.checkpoint_indices)
         }
         input_grads, weight_grads = _walk.backward(
-            chain.blocks, outputs, output_grads, chain.bottleneck_vjp, checkpoints
+            chain.blocks, outputs, output_grads, chain.residual_vjp, checkpoints
         )
         return (None, *input_grads, *(weight_grads.get(id(v)) for v in chain.weights))
 

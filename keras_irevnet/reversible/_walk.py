@@ -1,18 +1,22 @@
 """The backend-neutral part of reversible backprop: the forward chain and the backward walk.
 
 Each backend module wraps `forward` in its custom-gradient mechanism and calls `backward`
-from its gradient function, supplying only `bottleneck_vjp`: F recomputed with the backend's
-autodiff (GradientTape, jax.vjp, torch.autograd.grad).
+from its gradient function, supplying only `residual_vjp`: F recomputed with the backend's
+autodiff (GradientTape, jax.vjp, torch.autograd.grad). Only the additive-coupling contract is
+used (`keras_irevnet.layers.AdditiveCoupling`: `coupling_forward`, `coupling_backward`,
+`residual`, `injective`),
+so any stack of additive couplings runs here, whatever its F.
 """
 
 import keras
-from keras.src.backend.common.variables import AutocastScope
+
+from keras_irevnet.layers.additive_coupling import final, walk
 
 
 def checkpoint_indices(blocks):
     """Blocks whose input the forward pass stores, because reconstructing it is not enough.
 
-    An injective block k pads its input with exact zeros. Its output half y1 = F(x2) + x1
+    An injective coupling k pads its input with exact zeros. Its output half y1 = F(x2) + x1
     keeps those zero channels wherever F's output is zero, which is the case at PyTorch's
     (and Keras') initialisation: the first block's F sees only zero padding and has all its
     ReLUs at 0. A reconstruction gives those channels rounding noise instead of zeros, and
@@ -23,7 +27,9 @@ def checkpoint_indices(blocks):
     independent of depth. Block k's own input half x2 is exact zeros by construction (see
     `IRevNetBlock._project`).
     """
-    return sorted(k + 2 for k, block in enumerate(blocks) if block.injective and k + 2 < len(blocks))
+    return sorted(
+        k + 2 for k, block in enumerate(blocks) if block.injective and k + 2 < len(blocks)
+    )
 
 
 def forward(blocks, inputs, training, before_block=None):
@@ -34,25 +40,28 @@ def forward(blocks, inputs, training, before_block=None):
     state, or to order the block's random numbers after its input).
     """
     stored = set(checkpoint_indices(blocks))
+    position = {id(block): i for i, block in enumerate(blocks)}
     checkpoints = {}
-    x = inputs
-    for i, block in enumerate(blocks):
-        if i in stored:
-            checkpoints[i] = tuple(x)
+
+    def step(block, x):
+        if position[id(block)] in stored:
+            checkpoints[position[id(block)]] = tuple(x)
         if before_block is not None:
             x = before_block(block, x)
-        x = block.coupling_forward(x, training=training)
-    return tuple(x), checkpoints
+        return block.coupling_forward(x, training=training)
+
+    _, outputs = final(walk(blocks, inputs, step))
+    return tuple(outputs), checkpoints
 
 
-def backward(blocks, outputs, output_grads, bottleneck_vjp, checkpoints, barrier=None):
+def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=None):
     """Walks `blocks` in reverse from their output and the gradients w.r.t. it.
 
     Args:
         blocks: the blocks `forward` ran.
         outputs: the pair `forward` returned.
         output_grads: the gradients of the loss w.r.t. that pair.
-        bottleneck_vjp: `(block, a2) -> (F(a2), vjp)`, see `IRevNetBlock.coupling_backward`.
+        residual_vjp: `(block, a2) -> (F(a2), vjp)`, see `AdditiveCoupling.coupling_backward`.
         checkpoints: the stored inputs `forward` returned; they replace the reconstruction.
         barrier: optional `tensors -> tensors` applied to each block's results (input pair,
             gradients, weight gradients) before the walk goes on; a compiler may not move
@@ -67,7 +76,7 @@ def backward(blocks, outputs, output_grads, bottleneck_vjp, checkpoints, barrier
     for i in reversed(range(len(blocks))):
         block = blocks[i]
         x, grads, block_grads = block.coupling_backward(
-            x, grads, lambda a2, block=block: bottleneck_vjp(block, a2)
+            x, grads, lambda a2, block=block: residual_vjp(block, a2)
         )
         if i in checkpoints:
             x = checkpoints[i]
@@ -108,12 +117,12 @@ def seed_states(blocks):
 def raw_values(variables):
     """The variables' current values in their own dtype.
 
-    Inside a layer's call under a mixed policy, `variable.value` is autocast to float16; the
-    reversible path needs the float32 values themselves (to differentiate them and to map
-    them in a StatelessScope without a lossy round trip).
+    The reversible path needs the float32 values themselves under a mixed policy (to
+    differentiate them and to map them in a StatelessScope without a lossy round trip), so it
+    runs where variables are not autocast: inside `BlockStack` (built with autocast=False)
+    or outside any layer call.
     """
-    with AutocastScope(None):
-        return [v.value for v in variables]
+    return [v.value for v in variables]
 
 
 def replay_scope(seed_variables, seed_values, extra_mapping=()):

@@ -4,6 +4,8 @@ import importlib
 
 import keras
 
+from keras_irevnet import _compat
+
 SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 
 # Keras has no backend-neutral custom vector-Jacobian product (and `ops.custom_gradient`
@@ -23,7 +25,7 @@ def reversible_blocks(blocks, inputs, training=True):
     `block(x)` in float32 / float64), and so do its gradients w.r.t. the inputs and every
     trainable weight of the blocks, up to float rounding. The difference is memory: the
     backward pass keeps only the chain's output; each block's input is reconstructed from
-    its output (`IRevNetBlock.coupling_backward`) and the block recomputed locally, so
+    its output (`AdditiveCoupling.coupling_backward`) and the block recomputed locally, so
     activation memory does not grow with depth. The price is one extra evaluation of each F.
 
     State is handled as a training step expects: BatchNorm moving statistics are updated once,
@@ -33,7 +35,11 @@ def reversible_blocks(blocks, inputs, training=True):
     carried in the variables' dtype (float32) and only F runs in the compute dtype.
 
     Args:
-        blocks: a list of built `IRevNetBlock`s, each consuming the previous one's output.
+        blocks: a list of built `AdditiveCoupling` layers (e.g. `IRevNetBlock`s), each
+            consuming the previous one's output. Call it where variables are not autocast
+            (from a layer built with `autocast=False`, as `BlockStack` is, or outside any
+            layer call): under a mixed policy the chain carries its halves and reads its
+            weights in float32.
         inputs: the pair (x1, x2) for the first block.
         training: BatchNorm / dropout mode of the forward pass and of the recompute.
 
@@ -56,7 +62,7 @@ def reversible_blocks(blocks, inputs, training=True):
     for block in blocks:
         if not block.built:
             raise ValueError(f"{block.name} must be built before reversible_blocks runs it.")
-        for layer in block._flatten_layers():
+        for layer in _compat.flatten_layers(block):
             if getattr(layer, "activity_regularizer", None) is not None:
                 raise ValueError(
                     f"{layer.name} (in {block.name}) has an activity regulariser; its loss "

@@ -1,64 +1,29 @@
-"""The --model presets, the paper's recipes per dataset, and the --schedule syntax."""
+"""The training recipe of each dataset (docs/reference.md, "Training recipes") and the
+--schedule syntax."""
 
 import dataclasses
 
-from keras_irevnet.models.applications import BIJECTIVE_CONFIG, CIFAR_CONFIG, INJECTIVE_CONFIG
-
-# tiny: psi(2), then two stages of two blocks (stride 1, then stride 2); bijective, so no
-# channel is padded with zeros (a zero-padded channel has BatchNorm variance ~0 inside F,
-# whose 1/sqrt(eps) gain then amplifies rounding noise in the inverse). Trains on digits in
-# well under a minute on a CPU.
-TINY_CONFIG = dict(
-    blocks=(2, 2), strides=(1, 2), channels=(6, 24), init_ds=2, mult=1, dropout=0.0
-)
-PRESETS = {
-    "tiny": TINY_CONFIG,
-    "cifar": CIFAR_CONFIG,
-    "bijective": BIJECTIVE_CONFIG,
-    "injective": INJECTIVE_CONFIG,
-}
+from keras_irevnet.models.presets import get_preset
 
 
-def check_preset(name):
-    if name not in PRESETS:
-        raise ValueError(f"--model: unknown preset {name!r}; expected one of {', '.join(PRESETS)}.")
-    return PRESETS[name]
-
-
-def total_downsampling(name):
-    """The factor the image side must divide by, from the preset alone (nothing built)."""
-    config = check_preset(name)
-    return (2 if config["init_ds"] else 1) * 2 ** tuple(config["strides"]).count(2)
-
-
-def check_image_size(name, image_size):
-    """ValueError when --model=name cannot take square images of side image_size."""
-    factor = total_downsampling(name)
+def check_image_size(model, image_size):
+    """ValueError when --model cannot take square images of side --image_size."""
+    try:
+        factor = get_preset(model).total_downsampling
+    except ValueError as error:
+        raise ValueError(f"--model: {error}") from None
     if image_size < factor or image_size % factor:
         below = image_size // factor * factor
         nearest = " or ".join(str(s) for s in (below, below + factor) if s >= factor)
         raise ValueError(
-            f"--image_size={image_size} does not fit --model={name}: its side must be a "
+            f"--image_size={image_size} does not fit --model={model}: its side must be a "
             f"multiple of the model's total downsampling {factor}; try {nearest}."
         )
 
 
-def build_model(name, image_size, classes, memory_efficient=False):
-    """The i-RevNet of preset `name` for image_size x image_size x 3 images and `classes`."""
-    import keras_irevnet as kir
-
-    return kir.IRevNet(
-        **PRESETS[name],
-        input_shape=(image_size, image_size, 3),
-        classes=classes,
-        memory_efficient=memory_efficient,
-        name=f"irevnet_{name}",
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Training defaults of a dataset (../shared/REFERENCE.md, "Training recipes")."""
+    """Training defaults of a dataset."""
 
     model: str
     batch_size: int
@@ -101,9 +66,7 @@ def parse_schedule(text, dataset, epochs, steps_per_epoch):
         values = [float(b) for b in boundaries.split(",") if b.strip()]
         factor = float(factor)
     except ValueError:
-        raise ValueError(
-            f"--schedule={text!r} is not understood. {SCHEDULE_HELP}"
-        ) from None
+        raise ValueError(f"--schedule={text!r} is not understood. {SCHEDULE_HELP}") from None
     if unit not in ("epochs", "steps") or not values or factor <= 0:
         raise ValueError(f"--schedule={text!r} is not understood. {SCHEDULE_HELP}")
     total = epochs if unit == "epochs" else epochs * steps_per_epoch

@@ -1,0 +1,115 @@
+"""The private Keras, TensorFlow and torch API keras_irevnet relies on, in one place.
+
+Everything else in the package uses public API only. Each function here says what it is for
+and why no public API does it; tests/test_compat.py calls every one of them, so a Keras,
+TensorFlow or torch upgrade that moves or changes them fails there, by name, before anything
+else does.
+"""
+
+
+def in_symbolic_scope():
+    """Whether Keras is running a layer on symbolic tensors to infer shapes.
+
+    Reversible backprop installs a custom gradient; inside Keras' shape inference (e.g. its
+    symbolic build before `fit`) there is nothing to differentiate and the plain path is
+    used. Keras has no public predicate for it.
+    """
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope as keras_in_scope
+
+    return keras_in_scope()
+
+
+def flatten_layers(layer):
+    """`layer` and every layer inside it, recursively (Keras' own walk, deduplicated).
+
+    Keras 3 lists a model's layers publicly (`Model.layers`, one level) but not a layer's
+    sublayers.
+    """
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def tensorflow_stop_recording():
+    """A context in which TensorFlow's gradient tapes record nothing.
+
+    The forward pass of reversible backprop runs inside `tf.custom_gradient`; an enclosing
+    eager `tf.GradientTape` recording its operations would keep every activation alive,
+    which is what reversible backprop exists to avoid. TensorFlow's own `tf.recompute_grad`
+    uses the same private context; the public `GradientTape.stop_recording` needs the tape
+    object, which Keras' trainer owns.
+    """
+    from tensorflow.python.eager import record
+
+    return record.stop_recording()
+
+
+def tensorflow_in_xla_context():
+    """Whether TensorFlow is building a function for XLA (`jit_compile=True`).
+
+    XLA's CPU lowering of the fused BatchNorm kernel is slower than Keras' separate ops
+    (benchmarks/results/optimisations.md), so `keras_irevnet.layers.BatchNormalization` fuses
+    only outside XLA. Keras 2's own
+    layers asked TensorFlow the same private question; there is no public one.
+    """
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def torch_version_counter(tensor):
+    """torch's in-place modification counter of `tensor` (it grows at every in-place write).
+
+    `keras_irevnet.layers.Conv2D` caches a kernel reordered for torch's convolution while the
+    variable is unchanged; optimizer steps and `assign` write in place, and this counter is
+    how torch itself (autograd's saved-tensor checks) notices such writes.
+    """
+    return tensor._version
+
+
+def weights_h5_bytes(model, add_to_file=None):
+    """The `.weights.h5` file of `model`, built in memory: what `model.save_weights` writes.
+
+    Keras writes `save_weights` through HDF5's own file driver, which can crash the process
+    when the write fails half-way (full disk, file-size limit); built in memory and written
+    with one plain write, a failure is an ordinary OSError. Keras builds the weights of a
+    `.keras` archive the same way; the pieces are private.
+
+    Args:
+        model: the model to save.
+        add_to_file: optional `h5py.File -> None`, adding more to the file before it closes.
+    """
+    import io
+
+    from keras.src.saving import saving_lib
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(
+            model,
+            weights_store=store,
+            assets_store=None,
+            inner_path="",
+            visited_saveables=set(),
+        )
+        if add_to_file is not None:
+            add_to_file(store.h5_file)
+    finally:
+        store.close()
+    return buffer.getvalue()
+
+
+def ask_to_proceed_with_overwrite(path):
+    """Keras' interactive question before replacing `path` (`save(..., overwrite=False)`)."""
+    from keras.src.utils import io_utils
+
+    return io_utils.ask_to_proceed_with_overwrite(path)
+
+
+def keras_home():
+    """Keras' cache and configuration directory (`$KERAS_HOME`, else `~/.keras`), where
+    `keras.utils.get_file` keeps downloads. Keras computes it once, at import, and exposes it
+    only privately; the converted pretrained weights are kept beside the download."""
+    from keras.src.backend import config
+
+    return config.keras_home()

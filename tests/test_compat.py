@@ -1,0 +1,102 @@
+"""keras_irevnet/_compat.py: the private Keras / TensorFlow / torch API the package relies on.
+
+Each function is called for real, so an upgrade that moves or changes one fails here, by
+name, before anything that depends on it does.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_irevnet import _compat
+from tests.helpers import tiny_model
+
+BACKEND = keras.backend.backend()
+
+
+def test_in_symbolic_scope_tells_shape_inference_from_a_call():
+    seen = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, x):
+            seen.append(_compat.in_symbolic_scope())
+            return x
+
+    probe = Probe()
+    probe(keras.Input((2,)))  # shape inference runs `call` on symbolic tensors
+    symbolic_calls = len(seen)  # torch may trace `call` more than once
+    probe(np.zeros((1, 2), "float32"))
+    assert symbolic_calls >= 1 and all(seen[:symbolic_calls])
+    assert seen[symbolic_calls:] == [False]
+
+
+def test_flatten_layers_reaches_every_sublayer():
+    model = tiny_model()
+    layers = _compat.flatten_layers(model.block_stack)
+    names = {layer.name for layer in layers}
+    assert model.block_stack in layers and "bottleneck" in names
+    assert len(layers) == len({id(layer) for layer in layers})  # no repeats
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's tape and XLA context")
+def test_tensorflow_stop_recording_and_xla_context():
+    import tensorflow as tf
+
+    x = tf.constant(2.0)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with _compat.tensorflow_stop_recording():
+            y = x * x
+    assert tape.gradient(y, x) is None  # nothing was recorded
+    assert not _compat.tensorflow_in_xla_context()
+    seen = []
+
+    @tf.function(jit_compile=True)
+    def compiled(v):
+        seen.append(_compat.tensorflow_in_xla_context())
+        return v + 1
+
+    compiled(x)
+    assert seen == [True]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's version counter")
+def test_torch_version_counter_grows_with_in_place_writes():
+    import torch
+
+    t = torch.zeros(3)
+    before = _compat.torch_version_counter(t)
+    t.add_(1)
+    assert _compat.torch_version_counter(t) > before
+
+
+def test_weights_h5_bytes_is_what_save_weights_writes(tmp_path):
+    import io
+
+    import h5py
+
+    model = tiny_model()
+    added = []
+    data = _compat.weights_h5_bytes(model, add_to_file=lambda h5: added.append(h5.filename))
+    assert added
+    path = tmp_path / "m.weights.h5"
+    path.write_bytes(data)
+    with h5py.File(io.BytesIO(data), "r") as h5:
+        assert "layers" in h5 and "vars" in h5
+    other = tiny_model(seed=1)
+    other.load_weights(path)
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_ask_to_proceed_with_overwrite_is_callable(monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda *args: "n")
+    assert _compat.ask_to_proceed_with_overwrite("some/file") is False
+
+
+def test_keras_home_is_keras_cache_directory():
+    import os
+
+    home = _compat.keras_home()
+    expected = os.environ.get("KERAS_HOME")
+    assert isinstance(home, str) and (home == expected if expected else home.endswith(".keras"))
