@@ -88,7 +88,11 @@ def define_flags():
         "(default: cifar / digits 5e-4, imagenet2012 1e-4).",
     )
     flags.DEFINE_string("schedule", "auto", SCHEDULE_HELP)
-    flags.DEFINE_bool("memory_efficient", False, "Reversible backprop (recompute activations).")
+    flags.DEFINE_bool(
+        "memory_efficient",
+        False,
+        "Reversible backprop: activation memory flat in depth, slower steps (off by default).",
+    )
     flags.DEFINE_bool(
         "mixed_precision",
         False,
@@ -245,6 +249,36 @@ def prepare(args):
     data.check_batch_size(args["batch_size"], distributor.num_replicas)
     _set_seed_and_policy(args, distributor, backend)
 
+    train, validation, make_train_dataset = _datasets(args, distributor)
+    steps_per_epoch = args["steps_per_epoch"] or train.steps
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"--batch_size={args['batch_size']} is larger than the {train.num_examples} "
+            f"training images of {args['dataset']}; use a smaller batch."
+        )
+    _check_validation_split(args, validation, distributor)
+    schedule = _reconcile_run(args, steps_per_epoch, distributor.is_chief)
+    return Setup(
+        started,
+        backend,
+        spec,
+        distributor,
+        train,
+        validation,
+        steps_per_epoch,
+        schedule,
+        make_train_dataset,
+    )
+
+
+def _datasets(args, distributor):
+    """(train, validation, make_train_dataset): the splits and the resumable training stream.
+
+    `make_train_dataset(start_step)` is this process's shard of the training batches from
+    `start_step` on (the data order continues where a resumed run stopped).
+    """
+    from keras_irevnet import data
+
     common = dict(
         image_size=args["image_size"],
         seed=args["seed"],
@@ -275,25 +309,7 @@ def prepare(args):
         ).dataset
         return distributor.local_batches(dataset, batch)
 
-    steps_per_epoch = args["steps_per_epoch"] or train.steps
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"--batch_size={args['batch_size']} is larger than the {train.num_examples} "
-            f"training images of {args['dataset']}; use a smaller batch."
-        )
-    _check_validation_split(args, validation, distributor)
-    schedule = _reconcile_run(args, steps_per_epoch, distributor.is_chief)
-    return Setup(
-        started,
-        backend,
-        spec,
-        distributor,
-        train,
-        validation,
-        steps_per_epoch,
-        schedule,
-        make_train_dataset,
-    )
+    return train, validation, make_train_dataset
 
 
 def _set_seed_and_policy(args, distributor, backend):

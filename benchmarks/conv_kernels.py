@@ -24,6 +24,8 @@ import time
 
 from absl import app, flags
 
+from keras_irevnet import atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["cifar", "bijective"], "Whose convolution shapes to time.")
 flags.DEFINE_list("kernels", None, "Only these kernels (see KERNELS).")
@@ -223,10 +225,9 @@ def main(argv):
         ]
         if done.returncode:
             print(f"  failed: {done.stderr.strip()[-1000:]}", flush=True)
-    with open(os.path.join(FLAGS.output_dir, "conv_kernels.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    atomic.write_json(os.path.join(FLAGS.output_dir, "conv_kernels.json"), results, indent=1)
     table = markdown(results)
-    with open(os.path.join(FLAGS.output_dir, "conv_kernels.md"), "w") as f:
+    with atomic.atomic_open(os.path.join(FLAGS.output_dir, "conv_kernels.md")) as f:
         f.write(table)
     print(table)
 

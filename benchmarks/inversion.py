@@ -16,6 +16,8 @@ import tempfile
 
 from absl import app, flags
 
+from keras_irevnet import atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("backends", ["tensorflow", "jax", "torch"], "Keras backends to measure.")
 flags.DEFINE_list("models", ["cifar", "bijective", "injective"], "Models to measure.")
@@ -84,14 +86,13 @@ def main(argv):
             subprocess.run(args, env=env, check=True)
             rows += json.load(open(out.name))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, "inversion.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    atomic.write_json(os.path.join(FLAGS.output_dir, "inversion.json"), rows)
     table = ["| backend | model | dtype | input | relative error |", "|---|---|---|---|---|"]
     table += [
         f"| {r['backend']} | {r['model']} | {r['dtype']} | {r['input']} | {r['rel_error']:.1e} |"
         for r in rows
     ]
-    with open(os.path.join(FLAGS.output_dir, "inversion.md"), "w") as f:
+    with atomic.atomic_open(os.path.join(FLAGS.output_dir, "inversion.md")) as f:
         f.write("\n".join(table) + "\n")
     print("\n".join(table))
 

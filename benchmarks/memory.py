@@ -34,6 +34,8 @@ import time
 
 from absl import app, flags
 
+from keras_irevnet import atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("backends", ["tensorflow", "jax", "torch"], "Keras backends to measure.")
 flags.DEFINE_list("depths", ["6", "18", "54"], "Total blocks (a multiple of 3).")
@@ -210,7 +212,44 @@ def markdown(records):
                 f"| {backend} | {depth} | {batch} | {mib(plain)} | {mib(efficient)} | {ratio} | "
                 f"{sec(plain)} | {sec(efficient)} | {time_ratio} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + target_lines(by_key, FLAGS.backends)) + "\n"
+
+
+# Reversible backprop's memory targets: at the deepest depth measured, at most this fraction
+# of plain autodiff's activation memory, and within this factor of the shallowest depth.
+TARGET_FRACTION, TARGET_FLATNESS = 0.1, 1.2
+
+
+def target_lines(by_key, backends):
+    """One line per backend: the memory targets, met or not, at the depths measured.
+
+    `by_key` maps (backend, depth, mode) to a measurement with `activation_bytes`.
+    """
+    lines = []
+    for backend in backends:
+        depths = sorted(d for b, d, m in by_key if b == backend and m == "efficient")
+        if len(depths) < 2:
+            continue
+        low, high = (
+            by_key[(backend, d, "efficient")]["activation_bytes"] for d in (depths[0], depths[-1])
+        )
+        plain = by_key.get((backend, depths[-1], "plain"))
+        parts = []
+        if plain and plain["activation_bytes"] > 0:
+            fraction = high / plain["activation_bytes"]
+            verdict = "met" if fraction <= TARGET_FRACTION else "NOT met"
+            parts.append(
+                f"{fraction:.3f} of plain at {depths[-1]} blocks ({verdict}, <= {TARGET_FRACTION})"
+            )
+        if low > 0:
+            growth = high / low
+            verdict = "met" if growth <= TARGET_FLATNESS else "NOT met"
+            parts.append(
+                f"{depths[-1]} blocks / {depths[0]} blocks = {growth:.2f} ({verdict}, "
+                f"<= {TARGET_FLATNESS})"
+            )
+        lines.append(f"- {backend}, memory-efficient: " + "; ".join(parts) + ".")
+    return lines
 
 
 def plot(records, path):
@@ -260,12 +299,12 @@ def main(argv):
                 print(json.dumps(record), flush=True)
                 records.append(record)
                 # Rewrite after every measurement: a long run leaves usable partial results.
-                with open(os.path.join(FLAGS.output_dir, "memory.json"), "w") as f:
-                    json.dump(records, f, indent=1)
+                atomic.write_json(os.path.join(FLAGS.output_dir, "memory.json"), records, indent=1)
     table = markdown(records)
-    with open(os.path.join(FLAGS.output_dir, "memory.md"), "w") as f:
+    with atomic.atomic_open(os.path.join(FLAGS.output_dir, "memory.md")) as f:
         f.write(table)
-    plot(records, os.path.join(FLAGS.output_dir, "memory.png"))
+    with atomic.atomic_path(os.path.join(FLAGS.output_dir, "memory.png")) as temporary:
+        plot(records, temporary)
     print(table)
 
 

@@ -1,12 +1,14 @@
 """Speed of keras_irevnet on this machine, against a plain-PyTorch i-RevNet of the same design.
 
     python -m benchmarks.run             # CIFAR at 32x32, the ImageNet model at 224x224
-    python -m benchmarks.run --quick     # a few minutes: ImageNet model at 64x64, fewer steps
+    python -m benchmarks.run --quick     # fewer steps, the ImageNet model at batch 4
+    python -m benchmarks.run --quick --jit_modes=tf.function,jax.jit,eager  # defaults only
     python -m benchmarks.run --backends=jax --models=cifar
 
 For `IRevNetCIFAR` and `IRevNetBijective` and each Keras backend: training throughput
-(`model.fit`, compiled), inference (`model.predict`) and inverse
-(`model.inverse_model().predict`), with and without `memory_efficient` and with each
+(`model.fit` and `model.train_on_batch`), inference (`model.predict` and
+`model.predict_on_batch`) and inverse (the same on `model.inverse_model()`), with and
+without `memory_efficient` and with each
 compilation mode the backend offers; achieved GFLOP/s from the architecture's FLOP count
 (training counts 3x the forward FLOPs, whether or not the memory-efficient mode recomputes
 F) and its fraction of the float32 matmul peak measured in the same run (the best of
@@ -15,7 +17,9 @@ F) and its fraction of the float32 matmul peak measured in the same run (the bes
 
 Every measurement excludes its warm-up step (compilation, tracing), reported apart, and
 reports the median of the timed steps that follow. Each backend and the reference run in
-their own process, one after the other. Writes speed.json, speed.md and speed.png to --output_dir.
+their own process, one after the other. Writes speed.json, speed.md and speed.png to
+--output_dir; the targets in speed.md are checked on the rows the library's defaults give
+(Keras' default compilation on CPU, the constructors' default `memory_efficient`).
 """
 
 import json
@@ -30,7 +34,7 @@ from absl import app, flags
 from benchmarks.speed_setup import MODELS, workloads
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Short version: fewer steps, the ImageNet model at 64x64.")
+flags.DEFINE_bool("quick", False, "Short version: fewer steps, ImageNet model at batch 4.")
 flags.DEFINE_list("backends", ["tensorflow", "jax", "torch"], "Keras backends to measure.")
 flags.DEFINE_list("models", list(MODELS), "Models to measure: cifar, bijective.")
 flags.DEFINE_list(
@@ -133,7 +137,8 @@ def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
 def _print_result(r):
     if "images_per_second" in r:
         print(
-            f"  {r['work']:9s} {r['jit']:13s} memory_efficient={r['memory_efficient']!s:5s} "
+            f"  {r['work']:9s} {r.get('call', 'loop'):16s} {r['jit']:13s} "
+            f"memory_efficient={r['memory_efficient']!s:5s} "
             f"{r['images_per_second']:8.1f} img/s (warm-up {r['warmup_seconds']:.1f} s)",
             flush=True,
         )

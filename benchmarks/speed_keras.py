@@ -1,15 +1,18 @@
 """Throughput of keras_irevnet on the current Keras backend, as users run it.
 
-Training: `model.fit` (Keras' compiled train step: forward, backward, SGD with momentum),
-with and without `memory_efficient`. Inference: `model.predict`. Inverse:
-`model.inverse_model().predict` on Phi(x). Each with every compilation the backend offers
+Training: `model.fit` (Keras' compiled train step: forward, backward, SGD with momentum)
+and `model.train_on_batch`, with and without `memory_efficient`. Inference: `model.predict`
+and `model.predict_on_batch`. Inverse: `model.inverse_model()`'s `predict` and
+`predict_on_batch` on Phi(x). Each with every compilation the backend offers
 (`jit_compile`): TensorFlow's graph (`tf.function`) and XLA, JAX's `jax.jit` (JAX has no
 compiled non-XLA mode), torch eager and `torch.compile`.
 
 One `fit` / `predict` call runs the warm-up step and the timed steps; a callback times each
 step from its batch-begin to its batch-end, after the step's outputs are ready (JAX
 dispatches asynchronously: the callback waits for them), so the data pipeline and the
-per-call set-up of `fit` are not counted, as they are not in a long training run.
+per-call set-up of `fit` are not counted, as they are not in a long training run. The
+`*_on_batch` figures time whole calls on the same model afterwards (its step is compiled):
+what a user who loops or serves by hand pays, per-call set-up included.
 """
 
 import gc
@@ -20,7 +23,7 @@ import keras
 import numpy as np
 
 import keras_irevnet
-from benchmarks.speed_setup import MODELS, rates
+from benchmarks.speed_setup import MODELS, rates, time_steps
 
 # jit_compile value -> how the backend runs it.
 JIT_MODES = {
@@ -78,17 +81,13 @@ def measure(workload, jit_modes=None):
 
     for jit in jit_values:
         for memory_efficient in (False, True):
-            yield _guarded(
-                lambda jit=jit, memory_efficient=memory_efficient: _train(
-                    workload, jit, memory_efficient, x_train, y_train
-                ),
-                dict(
-                    work="train",
-                    batch=workload.train_batch,
-                    jit=modes[jit],
-                    memory_efficient=memory_efficient,
-                ),
+            fields = dict(
+                work="train",
+                batch=workload.train_batch,
+                jit=modes[jit],
+                memory_efficient=memory_efficient,
             )
+            yield from _train(workload, jit, memory_efficient, x_train, y_train, fields)
             gc.collect()
 
     for jit in jit_values:
@@ -100,33 +99,77 @@ def measure(workload, jit_modes=None):
             ("inference", model, x_infer),
             ("inverse", model.inverse_model(jit_compile=jit), phi),
         ):
+            fields = dict(
+                work=work, batch=workload.infer_batch, jit=modes[jit], memory_efficient=False
+            )
             yield _guarded(
                 lambda target=target, inputs=inputs: _predict(target, inputs, workload.infer_batch),
-                dict(work=work, batch=workload.infer_batch, jit=modes[jit], memory_efficient=False),
+                dict(fields, call="predict"),
+            )
+            batch = inputs[: workload.infer_batch]
+            yield _guarded(
+                lambda target=target, batch=batch: _on_batch(
+                    lambda: target.predict_on_batch(batch), workload.infer_batch, workload.steps
+                ),
+                dict(fields, call="predict_on_batch"),
             )
         del model
         gc.collect()
+
+
+def _failed(fields, error):
+    return {**fields, "error": f"{type(error).__name__}: {error}"[:500]}
 
 
 def _guarded(measurement, fields):
     try:
         return {**fields, **measurement()}
     except Exception as error:  # a failed mode is reported, the others still run
-        return {**fields, "error": f"{type(error).__name__}: {error}"[:500]}
+        return _failed(fields, error)
 
 
-def _train(workload, jit, memory_efficient, x, y):
+def _compiled(workload, jit, memory_efficient):
     model = _model(workload, memory_efficient)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=jit,
     )
-    timer = StepTimer()
-    model.fit(
-        x, y, batch_size=workload.train_batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
+    return model
+
+
+def _train(workload, jit, memory_efficient, x, y, fields):
+    """`fit`, then `train_on_batch` on the same compiled model."""
+    try:
+        model = _compiled(workload, jit, memory_efficient)
+    except Exception as error:
+        yield _failed(dict(fields, call="fit"), error)
+        return
+    batch = workload.train_batch
+    yield _guarded(lambda: _fit(model, batch, x, y), dict(fields, call="fit"))
+    yield _guarded(
+        lambda: _on_batch(
+            lambda: model.train_on_batch(x[:batch], y[:batch]), batch, workload.steps
+        ),
+        dict(fields, call="train_on_batch"),
     )
-    return timer.result(workload.train_batch)
+
+
+def _fit(model, batch, x, y):
+    timer = StepTimer()
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    return timer.result(batch)
+
+
+def _on_batch(call, batch, steps):
+    """Whole `*_on_batch` calls, each until its result is on the host (as a user reads it)."""
+
+    def step():
+        for value in keras.tree.flatten(call()):
+            keras.ops.convert_to_numpy(value)
+
+    first, seconds = time_steps(step, steps)
+    return rates(batch, first, seconds)
 
 
 def _predict(model, inputs, batch):

@@ -208,7 +208,10 @@ def test_batch_normalization_keeps_float64(float64_enabled):
     for training in (False, True):
         layer = BatchNormalization(epsilon=1e-5, dtype="float64")
         step = 1e-12 * np.abs(x).max()
-        y1, y2 = to_numpy(layer(x, training=training)), to_numpy(layer(x + step, training=training))
+        y1, y2 = (
+            to_numpy(layer(x, training=training)),
+            to_numpy(layer(x + step, training=training)),
+        )
         if not training:  # a shift moves inference-mode outputs by step / sqrt(1 + eps)
             np.testing.assert_allclose(y2 - y1, step / np.sqrt(1 + 1e-5), rtol=1e-3)
         assert str(y1.dtype) == "float64"
@@ -278,6 +281,13 @@ def test_batch_normalization_training_matches_keras():
     ):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-5, atol=1e-6)
     assert np.abs(to_numpy(ours.moving_mean)).max() > 1e-2  # the statistics did move
+    # Inference mode (fused on torch) normalises with the moving statistics, as Keras does.
+    np.testing.assert_allclose(
+        to_numpy(ours(x, training=False)),
+        to_numpy(keras_own(x, training=False)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     cotangent = np.cos(x)
     np.testing.assert_allclose(
         to_numpy(vjp(lambda t: ours(t, training=True), x, cotangent)),
@@ -285,3 +295,55 @@ def test_batch_normalization_training_matches_keras():
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_batch_normalization_weight_gradients_match_keras():
+    # The fused kernels (TensorFlow and torch training) compute gamma's and beta's gradients
+    # themselves: one SGD step (learning rate 1, so the change is the gradient) must move
+    # them as it moves Keras' own layer.
+    from keras_irevnet.layers import BatchNormalization
+
+    x = preprocessed_photos(16, 4)
+    target = np.sin(3 * x)
+    steps = []
+    for layer in (
+        BatchNormalization(epsilon=1e-5),
+        keras.layers.BatchNormalization(epsilon=1e-5),
+    ):
+        model = keras.Sequential([keras.Input(x.shape[1:]), layer])
+        layer.gamma.assign(np.array([0.5, 1.0, 2.0], "float32"))
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+        before = [to_numpy(w) for w in (layer.gamma, layer.beta)]
+        model.train_on_batch(x, target)
+        steps.append([b - to_numpy(w) for b, w in zip(before, (layer.gamma, layer.beta))])
+    for ours, theirs in zip(*steps):
+        assert np.abs(theirs).max() > 1e-3  # the step did move them
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch-only kernel cache")
+def test_conv2d_keeps_a_converted_kernel_only_once_it_is_reused():
+    # Reversible training runs each forward pass without autograd, with weights that change
+    # every step: a kernel copy kept from such a pass would only cost memory. Inference
+    # reuses it; a changed kernel is converted again.
+    import torch
+
+    from keras_irevnet.layers import Conv2D
+
+    x = preprocessed_photos(16, 2)
+    ours = Conv2D(4, 3, padding="same", use_bias=False)
+    keras_own = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
+    ours.build(x.shape)
+    keras_own.build(x.shape)
+    keras_own.set_weights(ours.get_weights())
+    cache = ours._torch_kernel_cache
+    with torch.no_grad():
+        np.testing.assert_array_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
+        assert cache.converted is None  # seen once: not kept
+        ours(x)
+        assert cache.converted is not None  # seen twice unchanged: kept for inference
+        kernel = np.random.RandomState(0).randn(*ours.kernel.shape).astype("float32")
+        ours.kernel.assign(kernel)
+        keras_own.kernel.assign(kernel)
+        np.testing.assert_array_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
+        assert cache.converted is None

@@ -433,3 +433,16 @@ def test_inverse_model_predict_inverts_and_shares_weights():
     model.set_weights([w * 1.5 for w in model.get_weights()])
     z = to_numpy(model.features(x))
     assert relative_error(inverse.predict(z, verbose=0), x) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["tiny", "cifar"])
+def test_every_layer_is_built_when_the_model_is(name):
+    # While any layer of a model is unbuilt, Keras re-runs a symbolic build of the whole model
+    # before every `predict_on_batch` and `train_on_batch` call: on JAX that was more than a
+    # second per call of the CIFAR model (stride-1 psi layers were never built).
+    keras.utils.set_random_seed(0)
+    model = kir.IRevNet.from_preset(name, classifier_activation=None)
+    assert [layer.name for layer in _compat.flatten_layers(model) if not layer.built] == []
+    inverse = model.inverse_model()
+    inverse.predict_on_batch(np.zeros((1,) + model.feature_shape, "float32"))
+    assert [layer.name for layer in _compat.flatten_layers(inverse) if not layer.built] == []

@@ -437,7 +437,9 @@ def test_jax_compiled_step_memory_is_flat_in_depth():
         return compiled.memory_analysis().temp_size_in_bytes
 
     shallow, deep, plain_deep = temp_bytes(True, 4), temp_bytes(True, 16), temp_bytes(False, 16)
-    # Measured: 951,376 bytes for 8 and 16 blocks alike; plain autodiff, 16 blocks: 3.4 MB.
+    # Measured: 951,376 bytes for 4 and 16 blocks alike; plain autodiff, 16 blocks: 3.4 MB.
+    # With dropout (not here) XLA keeps about 33 KB more per block at this size: README,
+    # "Memory-efficient training".
     assert deep <= 1.05 * shallow, (shallow, deep)
     assert deep < plain_deep / 3, (deep, plain_deep)
 
@@ -480,12 +482,14 @@ def test_torch_saves_only_the_output_for_backward():
     assert plain > 8 * efficient, (efficient, plain)
 
 
-def test_memory_efficient_is_the_default():
+def test_memory_efficient_is_off_by_default():
+    # README, "Memory-efficient training": the plain step is the faster one.
     import inspect
 
     for constructor in (kir.IRevNet, kir.IRevNetCIFAR, kir.IRevNetBijective, kir.IRevNetInjective):
         default = inspect.signature(constructor).parameters["memory_efficient"].default
-        assert default is True, constructor.__name__
+        assert default is False, constructor.__name__
+    assert not kir.IRevNet.from_preset("tiny").memory_efficient
 
 
 def test_config_round_trip_keeps_memory_efficient():

@@ -16,20 +16,27 @@ class BatchNormalization(keras.layers.BatchNormalization):
     wherever the reconstructed x2 differs from the original in the last float64 bits, and
     float64 models invert to about 1e-12 instead of 1e-16.
 
-    On TensorFlow, training-mode float32 batches go through TensorFlow's fused kernel
-    (`FusedBatchNormV3` and its fused gradient), where Keras computes the moments and the
-    normalisation in separate ops: faster training steps. Not under XLA (`jit_compile=True`),
-    whose CPU lowering of the fused op is slower than Keras' ops. Its batch variance is
-    Bessel-corrected; the moving variance is updated with the biased one, as Keras does.
-    Outputs, gradients and moving statistics agree with Keras' path to float32 rounding
-    (tested). The measurements: benchmarks/results/optimisations.md.
+    Fused kernels where Keras computes the moments and the normalisation in separate ops,
+    for channels-last float32 batches:
+
+    - TensorFlow, training mode: `FusedBatchNormV3` and its fused gradient. Not under XLA
+      (`jit_compile=True`), whose CPU lowering of the fused op is slower than Keras' ops.
+    - torch, eager, training and inference: `torch.nn.functional.batch_norm` on the
+      channels-last data seen as NCHW (no copy), and its fused gradient. Keras' path is about
+      ten small operations per call, each a full pass over the activations.
+
+    Both kernels report the Bessel-corrected batch variance; the moving variance is updated
+    with the biased one, as Keras does. Outputs, gradients and moving statistics agree with
+    Keras' path to float32 rounding (tested). The measurements:
+    benchmarks/results/optimisations.md.
 
     Every other case takes Keras' own path unchanged.
     """
 
     def call(self, inputs, training=None, mask=None):
-        if self._fuses(inputs, training, mask):
-            return self._fused_training_call(inputs)
+        fused = self._fused_kernel(inputs, training, mask)
+        if fused is not None:
+            return fused(inputs, training=bool(training) and self.trainable)
         if mask is not None or keras.backend.standardize_dtype(inputs.dtype) != "float64":
             return super().call(inputs, training=training, mask=mask)
         if training and self.trainable:
@@ -52,12 +59,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
             epsilon=self.epsilon,
         )
 
-    def _fuses(self, inputs, training, mask):
-        return (
-            keras.backend.backend() == "tensorflow"
-            and training is True
-            and self.trainable
-            and mask is None
+    def _fused_kernel(self, inputs, training, mask):
+        """The fused call for these inputs, or None for Keras' path."""
+        if not (
+            mask is None
             and self.axis in (-1, len(inputs.shape) - 1)
             and self.center
             and self.scale
@@ -65,10 +70,32 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and not self.renorm
             and keras.backend.standardize_dtype(inputs.dtype) == "float32"
             and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
+        ):
+            return None
+        backend = keras.backend.backend()
+        if (
+            backend == "tensorflow"
+            and training
+            and self.trainable
             and not _compat.tensorflow_in_xla_context()
+        ):
+            return self._tensorflow_fused_call
+        if backend == "torch" and len(inputs.shape) == 4:
+            import torch
+
+            # Under torch.compile the compiler fuses Keras' ops itself.
+            if not torch.compiler.is_compiling():
+                return self._torch_fused_call
+        return None
+
+    def _update_moving_statistics(self, mean, variance, count):
+        variance = variance * ((count - 1.0) / count)  # the kernels' variance is unbiased
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
 
-    def _fused_training_call(self, inputs):
+    def _tensorflow_fused_call(self, inputs, training):
         import tensorflow as tf
 
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
@@ -79,9 +106,29 @@ class BatchNormalization(keras.layers.BatchNormalization):
             is_training=True,
         )
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
-        variance = variance * ((count - 1.0) / count)
-        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-        )
+        self._update_moving_statistics(mean, variance, count)
         return outputs
+
+    def _torch_fused_call(self, inputs, training):
+        import torch
+
+        x = ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
+        gamma, beta = (
+            ops.convert_to_tensor(self.gamma),
+            ops.convert_to_tensor(self.beta),
+        )
+        if not training:
+            mean = ops.convert_to_tensor(self.moving_mean)
+            variance = ops.convert_to_tensor(self.moving_variance)
+            y = torch.nn.functional.batch_norm(
+                x, mean, variance, gamma, beta, False, 0.0, self.epsilon
+            )
+            return y.permute(0, 2, 3, 1)
+        # With momentum 1 the kernel writes the batch statistics into these two buffers
+        # (fresh tensors, not the moving statistics: those are updated through Keras, so
+        # that a StatelessScope can capture or discard the update).
+        mean = torch.zeros_like(gamma)
+        variance = torch.ones_like(gamma)
+        y = torch.nn.functional.batch_norm(x, mean, variance, gamma, beta, True, 1.0, self.epsilon)
+        self._update_moving_statistics(mean, variance, x.numel() // x.shape[1])
+        return y.permute(0, 2, 3, 1)

@@ -6,7 +6,7 @@ from keras_irevnet import _compat
 
 
 class _TorchKernelCache:
-    """The last kernel converted to torch's layout, valid while the variable is unchanged."""
+    """The kernel converted to torch's layout, kept once it is used twice unchanged."""
 
     def __init__(self):
         self.source = None
@@ -28,8 +28,13 @@ class _TorchKernelCache:
             return view
         version = _compat.torch_version_counter(kernel)
         if self.source is not kernel or self.version != version:
+            # A version seen for the first time is not kept: reversible training runs its
+            # forward pass without autograd once per step, and a copy of every kernel held
+            # from one step to the next would be memory growing with depth for nothing.
+            self.source, self.version, self.converted = kernel, version, None
+            return view.contiguous(memory_format=torch.channels_last)
+        if self.converted is None:
             self.converted = view.contiguous(memory_format=torch.channels_last)
-            self.source, self.version = kernel, version
         return self.converted
 
 

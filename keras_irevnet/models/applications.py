@@ -23,12 +23,13 @@ _COMMON_DOC = """
         pooling: with `include_top=False`: None (Phi(x)), "avg" or "max".
         classes: number of classes.
         classifier_activation: activation of the last layer; None returns logits.
-        memory_efficient: reversible backprop in training mode (default True): each
+        memory_efficient: reversible backprop in training mode (default False): each
             block's input is reconstructed from its output in the backward pass instead of
-            stored, so activation memory is flat in depth, for about one more forward pass
-            of compute. Gradients, BatchNorm statistics and dropout are those of plain
-            autodiff (tested to float rounding); inference is unaffected. Set False for the
-            fastest step when memory is not the limit, or for higher-order gradients.
+            stored, so activation memory is flat in depth, for one more evaluation of each
+            block's F. Gradients, BatchNorm statistics and dropout are those of plain
+            autodiff (tested to float rounding); inference is unaffected. Off by default
+            for the faster step; turn it on when activations limit the batch size or
+            depth. Not for higher-order gradients.
         name: model name.
         **kwargs: passed to `IRevNet` (e.g. `dtype="float64"`).
 
@@ -63,7 +64,7 @@ def IRevNetBijective(
     pooling=None,
     classes=1000,
     classifier_activation="softmax",
-    memory_efficient=True,
+    memory_efficient=False,
     name="irevnet_bijective",
     **kwargs,
 ):
@@ -86,7 +87,7 @@ def IRevNetInjective(
     pooling=None,
     classes=1000,
     classifier_activation="softmax",
-    memory_efficient=True,
+    memory_efficient=False,
     name="irevnet_injective",
     **kwargs,
 ):
@@ -114,7 +115,7 @@ def IRevNetCIFAR(
     pooling=None,
     classes=10,
     classifier_activation="softmax",
-    memory_efficient=True,
+    memory_efficient=False,
     name="irevnet_cifar",
     **kwargs,
 ):

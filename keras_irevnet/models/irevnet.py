@@ -57,17 +57,18 @@ class IRevNet(weights_file.SafeWeightsFiles, keras.Model):
         classes: number of classes of the head.
         classifier_activation: activation of the head's Dense layer ("softmax", None for
             logits, ...).
-        memory_efficient: train with reversible backprop (default True): in training mode
-            the backward pass reconstructs each block's input from its output and
+        memory_efficient: train with reversible backprop (default False): in training
+            mode the backward pass reconstructs each block's input from its output and
             recomputes the block, instead of storing activations, so activation memory
-            stays flat in depth (see benchmarks/memory.py) for about one more forward pass
-            of compute. On by default because training is otherwise the same training:
-            gradients equal plain autodiff to float rounding (1e-5 relative in float32),
-            BatchNorm statistics are updated once, dropout masks are replayed, and
-            inference-mode calls (`features`, `inverse`, the analyses) take the plain path.
-            Set False for the fastest step when memory is not the limit, or for
-            higher-order gradients or forward-mode autodiff through a training-mode call
-            (the custom gradient does not support them on every backend).
+            stays flat in depth (see benchmarks/memory.py) for one more evaluation of each
+            block's F. Training is otherwise the same training: gradients equal plain
+            autodiff to float rounding (1e-5 relative in float32), BatchNorm statistics are
+            updated once, dropout masks are replayed, and inference-mode calls
+            (`features`, `inverse`, the analyses) take the plain path. Off by default
+            because the extra evaluation makes each step slower (README, "Memory-efficient
+            training"); turn it on when activations limit the batch size or the depth.
+            Not for higher-order gradients or forward-mode autodiff through a
+            training-mode call (the custom gradient does not support them everywhere).
         name: model name.
         dtype: floating-point dtype policy of every layer (e.g. "float64" or
             "mixed_float16"); defaults to the global policy. It is stored in the config, so
@@ -101,7 +102,7 @@ class IRevNet(weights_file.SafeWeightsFiles, keras.Model):
         pooling=None,
         classes=1000,
         classifier_activation="softmax",
-        memory_efficient=True,
+        memory_efficient=False,
         name="irevnet",
         dtype=None,
         **kwargs,

@@ -20,6 +20,9 @@ class _Chain:
         self.weights = weights
         self.seed_variables = _walk.seed_states(blocks)
         self.seed_values = None
+        # Each recompute maps only its own block's seeds (a scope over every block's seeds
+        # costs a conversion per seed, per block: quadratic in depth).
+        self.block_seeds = {id(block): _walk.seed_states([block]) for block in blocks}
         self.rng_states = {}
 
     def record_rng_state(self, block, x):
@@ -45,10 +48,12 @@ class _Chain:
         # Runs inside backward(), where autograd is off by default: switch it on locally.
         a2 = a2.detach().requires_grad_(True)
         params = _walk.raw_values(block.trainable_variables)
+        seeds = self.block_seeds[id(block)]
+        values = [self.seed_values[id(v)] for v in seeds]
         with (
             torch.enable_grad(),
             self.replayed_rng(block),
-            _walk.replay_scope(self.seed_variables, self.seed_values),
+            _walk.replay_scope(seeds, values),
         ):
             fa2 = block.residual(a2, training=self.training)
 
@@ -65,7 +70,10 @@ class _ReversibleBlocks(torch.autograd.Function):
         # `weights` are the torch Parameters behind the Keras variables: autograd routes
         # gradients to an autograd.Function's tensor arguments only, so they must be passed
         # here (a Keras variable object would be silently ignored). Autograd is off in here.
-        chain.seed_values = [v.clone() for v in _walk.raw_values(chain.seed_variables)]
+        chain.seed_values = {
+            id(v): value.clone()
+            for v, value in zip(chain.seed_variables, _walk.raw_values(chain.seed_variables))
+        }
         outputs, checkpoints = _walk.forward(
             chain.blocks, (x1, x2), chain.training, before_block=chain.record_rng_state
         )
