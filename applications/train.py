@@ -91,7 +91,7 @@ def define_flags():
     flags.DEFINE_bool(
         "memory_efficient",
         False,
-        "Reversible backprop: activation memory flat in depth, slower steps (off by default).",
+        "Reversible backprop: less activation memory, slower steps (off by default).",
     )
     flags.DEFINE_bool(
         "mixed_precision",

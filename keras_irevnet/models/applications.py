@@ -25,8 +25,8 @@ _COMMON_DOC = """
         classifier_activation: activation of the last layer; None returns logits.
         memory_efficient: reversible backprop in training mode (default False): each
             block's input is reconstructed from its output in the backward pass instead of
-            stored, so activation memory is flat in depth, for one more evaluation of each
-            block's F. Gradients, BatchNorm statistics and dropout are those of plain
+            stored, so activation memory hardly grows with depth, for one more evaluation of
+            each block's F. Gradients, BatchNorm statistics and dropout are those of plain
             autodiff (tested to float rounding); inference is unaffected. Off by default
             for the faster step; turn it on when activations limit the batch size or
             depth. Not for higher-order gradients.

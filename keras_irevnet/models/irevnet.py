@@ -60,7 +60,7 @@ class IRevNet(weights_file.SafeWeightsFiles, keras.Model):
         memory_efficient: train with reversible backprop (default False): in training
             mode the backward pass reconstructs each block's input from its output and
             recomputes the block, instead of storing activations, so activation memory
-            stays flat in depth (see benchmarks/memory.py) for one more evaluation of each
+            hardly grows with depth (benchmarks/memory.py) for one more evaluation of each
             block's F. Training is otherwise the same training: gradients equal plain
             autodiff to float rounding (1e-5 relative in float32), BatchNorm statistics are
             updated once, dropout masks are replayed, and inference-mode calls
