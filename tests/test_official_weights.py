@@ -10,7 +10,7 @@ import pytest
 
 import keras_irevnet as kir
 from keras_irevnet.convert import read_state_dict
-from tests.helpers import once_in, preprocessed_photos, relative_error, to_numpy
+from tests.helpers import once_in, preprocessed_photos, relative_error, tiny_model, to_numpy
 
 # --- an independent NumPy i-RevNet, written from the authors' code, torch-layout weights ---
 
@@ -116,16 +116,7 @@ SMALL_SHAPES = {
 
 
 def small_model():
-    return kir.IRevNet(
-        blocks=(1, 1),
-        strides=(1, 2),
-        channels=(8, 32),
-        init_ds=2,
-        input_shape=(16, 16, 3),
-        classes=5,
-        classifier_activation=None,
-        dtype="float32",
-    )
+    return tiny_model(input_shape=(16, 16, 3), dtype="float32")
 
 
 def test_matches_numpy_reference_of_the_blocks():
@@ -258,14 +249,7 @@ def test_misshaped_entry_names_both_shapes():
 
 
 def test_head_entries_without_top_hint():
-    model = kir.IRevNet(
-        blocks=(1, 1),
-        strides=(1, 2),
-        channels=(8, 32),
-        init_ds=2,
-        input_shape=(16, 16, 3),
-        include_top=False,
-    )
+    model = tiny_model(input_shape=(16, 16, 3), include_top=False)
     with pytest.raises(ValueError, match="classifier head: build the model with include_top=True"):
         kir.load_official_weights(model, _mapping())
 
