@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_irevnet.layers.channels import merge_channels, split_channels, split_shape
+from keras_irevnet.layers.fusion_boundary import fusion_boundary
 from keras_irevnet.layers.injective_padding import InjectivePadding
 from keras_irevnet.layers.invertible import InvertibleLayer
 from keras_irevnet.layers.invertible_downsampling import InvertibleDownsampling
@@ -186,7 +187,8 @@ class AdditiveCoupling(InvertibleLayer):
     # --- The three uses ---
 
     def call(self, inputs, training=None):
-        return self.coupling_forward(inputs, training=training)
+        # Reversible backprop walks the blocks itself and does not need the boundary.
+        return fusion_boundary(self.coupling_forward(inputs, training=training))
 
     # Not `forward` / `backward`: on the torch backend a Keras layer is a torch Module, whose
     # `forward` Keras itself defines.

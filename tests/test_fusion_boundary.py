@@ -1,0 +1,118 @@
+"""keras_irevnet.layers.fusion_boundary: an identity that stops XLA (CPU) from fusing the
+backward pass of a block stack into fusions that grow with depth."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import keras_irevnet as kir
+from keras_irevnet.layers import additive_coupling
+from keras_irevnet.layers.fusion_boundary import fusion_boundary
+from tests.helpers import to_numpy
+
+BACKEND = keras.backend.backend()
+
+
+def test_values_pass_unchanged():
+    rng = np.random.default_rng(0)
+    pair = tuple(keras.ops.convert_to_tensor(rng.standard_normal((2, 4, 4, 3))) for _ in "ab")
+    out = fusion_boundary(pair)
+    assert len(out) == 2
+    for a, b in zip(pair, out):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_jax_derivatives_are_the_identitys_in_both_modes():
+    if BACKEND != "jax":
+        pytest.skip("the boundary does something only on JAX")
+    import jax
+
+    rng = np.random.default_rng(0)
+    x = tuple(jax.numpy.asarray(rng.standard_normal((2, 4, 4, 3)), "float32") for _ in "ab")
+    v = tuple(jax.numpy.asarray(rng.standard_normal((2, 4, 4, 3)), "float32") for _ in "ab")
+
+    def f(pair):
+        a, b = fusion_boundary(pair)
+        return jax.numpy.sin(a) * b
+
+    def g(pair):
+        a, b = pair
+        return jax.numpy.sin(a) * b
+
+    # Forward mode (the analyses use jax.jvp) and reverse mode, under jit too.
+    for transform in (lambda h: h, jax.jit):
+        _, jf = transform(lambda p, t: jax.jvp(f, (p,), (t,)))(x, v)
+        _, jg = jax.jvp(g, (x,), (v,))
+        np.testing.assert_allclose(jf, jg, rtol=1e-6)
+        cot = jax.numpy.asarray(rng.standard_normal((2, 4, 4, 3)), "float32")
+        (gf,) = transform(lambda p: jax.vjp(f, p)[1](cot))(x)
+        (gg,) = jax.vjp(g, x)[1](cot)
+        for a, b in zip(gf, gg):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    # A NaN or an infinity in the primal does not change which branch runs.
+    for bad in (np.nan, np.inf, -0.0):
+        y = (x[0].at[0, 0, 0, 0].set(bad), x[1])
+        (gf,) = jax.vjp(f, y)[1](cot)
+        (gg,) = jax.vjp(g, y)[1](cot)
+        np.testing.assert_array_equal(gf[1], gg[1])
+
+
+def _largest_backward_fusion(blocks):
+    """The most operands of any fusion in the compiled gradient of a plain block stack."""
+    import jax
+
+    keras.utils.set_random_seed(0)
+    model = kir.IRevNet(
+        blocks=(blocks,),
+        strides=(1,),
+        channels=(16,),
+        init_ds=2,
+        input_shape=(16, 16, 3),
+        include_top=False,
+    )
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable, x):
+        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return (y * y).sum()
+
+    x = jax.numpy.ones((8, 16, 16, 3))
+    text = jax.jit(jax.grad(loss)).lower(trainable, x).compile().as_text()
+    entry = text[text.index("ENTRY") :]
+    counts = [
+        call.group(1).count("%")
+        for call in re.finditer(r"= \S+ fusion\((.*?)\), kind", entry)
+    ]
+    return max(counts)
+
+
+@pytest.fixture
+def without_boundary(monkeypatch):
+    monkeypatch.setattr(additive_coupling, "fusion_boundary", lambda tensors: tensors)
+
+
+def test_jax_cpu_backward_fusions_do_not_grow_with_depth():
+    if BACKEND != "jax":
+        pytest.skip("XLA's fusion of a compiled gradient is JAX's")
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the boundary is for XLA's CPU compiler")
+    shallow, deep = _largest_backward_fusion(4), _largest_backward_fusion(12)
+    assert deep <= shallow, (shallow, deep)
+
+
+def test_jax_cpu_without_the_boundary_backward_fusions_grow(without_boundary):
+    # Shows what the boundary is for. If this fails after an XLA upgrade, XLA no longer
+    # duplicates the gradient chain and the boundary can go (check the speed benchmark).
+    if BACKEND != "jax":
+        pytest.skip("XLA's fusion of a compiled gradient is JAX's")
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the boundary is for XLA's CPU compiler")
+    shallow, deep = _largest_backward_fusion(4), _largest_backward_fusion(12)
+    assert deep > 2 * shallow, (shallow, deep)
