@@ -10,13 +10,18 @@ The model is the CIFAR i-RevNet's width (channels 16, 64, 256; strides 1, 2, 2; 
 - JAX: the exact figure. XLA's memory analysis of the compiled gradient of the loss
   (`jax.jit(jax.value_and_grad(loss)).lower(...).compile().memory_analysis()`): its
   temporary buffers are the activations kept for the backward pass plus scratch space.
-- TensorFlow and torch (CPU, no allocator statistics): the process's peak resident set
-  size after one training step (`model.train_on_batch`, batch `batch_size`) minus its peak
-  after warm-up steps with batches of 2 and 3. The warm-up has loaded the libraries, built
-  the model and its optimizer state and traced the step (TensorFlow traces once more for a
-  second batch size, then the graph is batch-generic), so the difference is what the full
-  batch adds: activations and their gradients (the peak RSS never goes down, so a step
-  that needs no more than the warm-up shows as 0).
+- torch: exact too. Every allocation and release of a tensor during one training step
+  (`model.train_on_batch`, batch `batch_size`, after warm-up steps), from torch's profiler
+  with `profile_memory=True`: the peak of the bytes allocated during the step and still
+  alive, minus the bytes the step leaves allocated (its weight gradients, which plain and
+  reversible backprop both keep for the optimizer, and which grow with depth because the
+  weights do). Both parts are recorded.
+- TensorFlow (CPU, no allocator statistics): the process's peak resident set size after one
+  training step minus its peak after warm-up steps with batches of 2 and 3. The warm-up has
+  loaded the libraries, built the model and its optimizer state and traced the step
+  (TensorFlow traces once more for a second batch size, then the graph is batch-generic),
+  so the difference is what the full batch adds: activations and their gradients (the peak
+  RSS never goes down, so a step that needs no more than the warm-up shows as 0).
 
 Time per step: the median of `--timed_steps` further steps after the measured one:
 `train_on_batch` on TensorFlow and torch (forward, backward, SGD update); on JAX the
@@ -118,6 +123,27 @@ def _jax_step_bytes(model, x, y):
     return record, step
 
 
+def _torch_step_bytes(step):
+    """Peak and final bytes of the tensors `step()` allocates, from torch's allocator events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    # Each "[memory]" event is one allocation (+bytes) or release (-bytes), in time order
+    # once sorted. The public `events()` list attributes them to operators without their
+    # order; the profiler's raw results keep it.
+    changes = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return {"peak_tensor_bytes": peak, "left_allocated_bytes": live}
+
+
 def measure(backend, depth, mode):
     """One measurement in this (fresh) process; the Keras backend is already `backend`."""
     import keras
@@ -132,6 +158,19 @@ def measure(backend, depth, mode):
         record["activation_bytes"] = record["temp_bytes"]
         record["method"] = "XLA memory_analysis().temp_size_in_bytes of the compiled gradient"
         step()  # the first call runs the compiled executable once (allocations, caches)
+    elif backend == "torch":
+        for size in WARMUP_BATCHES + (FLAGS.batch_size,):
+            model.train_on_batch(*_batch(size))
+        record.update(_torch_step_bytes(lambda: model.train_on_batch(x, y)))
+        record["activation_bytes"] = record["peak_tensor_bytes"] - record["left_allocated_bytes"]
+        record["method"] = (
+            "torch profiler: peak of the tensor bytes allocated during the step, minus those "
+            "the step leaves allocated (weight gradients)"
+        )
+
+        def step():
+            return model.train_on_batch(x, y)
+
     else:
         # Two warm-up batch sizes: TensorFlow traces its train step again for a new batch
         # size, once; the second trace is batch-generic (reduce_retracing), so the measured

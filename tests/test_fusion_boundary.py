@@ -47,7 +47,7 @@ def test_jax_derivatives_are_the_identitys_in_both_modes():
         _, jg = jax.jvp(g, (x,), (v,))
         np.testing.assert_allclose(jf, jg, rtol=1e-6)
         cot = jax.numpy.asarray(rng.standard_normal((2, 4, 4, 3)), "float32")
-        (gf,) = transform(lambda p: jax.vjp(f, p)[1](cot))(x)
+        (gf,) = transform(lambda p, cot=cot: jax.vjp(f, p)[1](cot))(x)
         (gg,) = jax.vjp(g, x)[1](cot)
         for a, b in zip(gf, gg):
             np.testing.assert_allclose(a, b, rtol=1e-6)
@@ -83,8 +83,7 @@ def _largest_backward_fusion(blocks):
     text = jax.jit(jax.grad(loss)).lower(trainable, x).compile().as_text()
     entry = text[text.index("ENTRY") :]
     counts = [
-        call.group(1).count("%")
-        for call in re.finditer(r"= \S+ fusion\((.*?)\), kind", entry)
+        call.group(1).count("%") for call in re.finditer(r"= \S+ fusion\((.*?)\), kind", entry)
     ]
     return max(counts)
 

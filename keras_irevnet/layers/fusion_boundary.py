@@ -1,4 +1,8 @@
-"""An identity whose derivatives XLA on CPU must compute in full before going on (JAX only).
+"""Identities that constrain XLA's CPU compiler where its heuristics go wrong (JAX only).
+
+`fusion_boundary` (on every coupling's output) and `after` (in reversible backprop: each
+block's dropout seeds tied to its input) rest on the same device: a `jax.lax.cond` whose
+predicate is always true, which XLA can neither remove nor fuse nor schedule across.
 
 Backpropagating through a stack of additive couplings sums the gradient of each block's
 input from the gradient of the block above it and F's pullback, and everything between two
@@ -16,8 +20,9 @@ stored once per block. The identity has a custom JVP (not VJP), so forward-mode 
 (`jax.jvp`, used by the analyses) works as well as reverse mode; the predicate depends on the
 primal only, which is what transposing a `cond` requires.
 
-Other backends, and JAX on GPU and TPU (whose fusion heuristics do not duplicate this way),
-get the tensors back unchanged.
+Other backends, and JAX on GPU and TPU, get the tensors back unchanged (not measured there:
+no GPU was available to this project; a conditional there waits for its predicate on the
+host).
 """
 
 import functools
@@ -37,6 +42,36 @@ def fusion_boundary(tensors):
     return _jax_boundary()(tuple(tensors))
 
 
+def after(values, anchor):
+    """`values` (a list of JAX arrays) unchanged; on CPU, not computable before `anchor` is.
+
+    XLA removes `jax.lax.optimization_barrier` before it schedules, and is free to compute
+    anything that depends only on the step's inputs (dropout masks drawn from seed state) at
+    the very start, keeping the results until their use. A conditional whose predicate reads
+    `anchor` cannot run before `anchor`, nor be removed: its untaken branch differs. Off CPU
+    (where a conditional would wait for its predicate on the host) the values come back
+    as they are.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return list(values)
+    return jax.lax.cond(
+        _always_true(anchor),
+        lambda v: v,
+        lambda v: [x + 1 for x in v],  # never runs; differs so it is not merged
+        list(values),
+    )
+
+
+def _always_true(anchor):
+    # Always true (an integer with its lowest bit set is not 0), but XLA cannot prove it.
+    import jax
+
+    first = jax.numpy.ravel(anchor)[0].astype("float32")
+    return (jax.lax.bitcast_convert_type(first, jax.numpy.uint32) | 1) != 0
+
+
 @functools.cache
 def _jax_boundary():
     import jax
@@ -48,13 +83,9 @@ def _jax_boundary():
     @boundary.defjvp
     def boundary_jvp(primals, tangents):
         (primals,), (tangents,) = primals, tangents
-        # Always true (an integer with its lowest bit set is not 0), but XLA cannot prove it
-        # and keeps the conditional.
-        first = jax.numpy.ravel(primals[0])[0].astype("float32")
-        bits = jax.lax.bitcast_convert_type(first, jax.numpy.uint32)
-        taken = (bits | 1) != 0
+        # The predicate reads the primal only, as transposing a `cond` requires.
         tangents = jax.lax.cond(
-            taken,
+            _always_true(primals[0]),
             lambda t: t,
             lambda t: tuple(2 * x for x in t),  # never runs; differs so it is not merged
             tangents,

@@ -11,6 +11,7 @@ is assigned to the variables afterwards (recorded by the trainer's scope, or app
 import jax
 import numpy as np
 
+from keras_irevnet.layers.fusion_boundary import after
 from keras_irevnet.reversible import _walk
 
 
@@ -28,9 +29,24 @@ def reversible_blocks(blocks, inputs, training):
     def mapping(weight_values, state_values):
         return list(zip(weights, weight_values)) + list(zip(states, state_values))
 
+    block_seeds = {id(block): _walk.seed_states([block]) for block in blocks}
+
     def forward(x, weight_values, state_values):
         with _walk.replay_scope((), (), mapping(weight_values, state_values)) as scope:
-            outputs, checkpoints = _walk.forward(blocks, x, training)
+
+            def seeds_after_input(block, x):
+                # Each block draws its dropout masks once its input exists, not all blocks'
+                # masks at the start of the step (kept until used: memory growing with depth).
+                seeds = block_seeds[id(block)]
+                if seeds:
+                    tied = after([scope.get_current_value(v) for v in seeds], x[1])
+                    for variable, value in zip(seeds, tied):
+                        variable.assign(value)
+                return x
+
+            outputs, checkpoints = _walk.forward(
+                blocks, x, training, before_block=seeds_after_input
+            )
         new_states = [scope.get_current_value(v) for v in states]
         return outputs, new_states, checkpoints
 
@@ -50,17 +66,22 @@ def reversible_blocks(blocks, inputs, training):
         outputs, checkpoints, weight_values, state_values = residuals
         output_grads, _ = cotangents  # the updated state is not differentiated
         index = {id(v): i for i, v in enumerate(weights)}
+        state_index = {id(v): i for i, v in enumerate(states)}
 
         def residual_vjp(block, a2):
             block_weights = block.trainable_variables
             block_values = [weight_values[index[id(v)]] for v in block_weights]
+
+            # The recompute's masks, too, are drawn once this block's input is rebuilt.
+            seeds = block_seeds[id(block)]
+            tied = after([state_values[state_index[id(v)]] for v in seeds], a2) if seeds else []
 
             def residual(a2, values):
                 # Every variable mapped (a nested scope does not fall back to the outer
                 # one), the seeds to their values before the forward pass: the same masks;
                 # BatchNorm's second update of the moving statistics is dropped with the scope.
                 replaced = mapping(weight_values, state_values)
-                replaced += list(zip(block_weights, values))
+                replaced += list(zip(block_weights, values)) + list(zip(seeds, tied))
                 with _walk.replay_scope((), (), replaced):
                     return block.residual(a2, training=training)
 

@@ -24,6 +24,16 @@ class _Chain:
         # costs a conversion per seed, per block: quadratic in depth).
         self.block_seeds = {id(block): _walk.seed_states([block]) for block in blocks}
         self.rng_states = {}
+        self.checkpoints = None
+
+    def take_checkpoints(self):
+        # The stored block inputs are kept here rather than saved for backward: saved
+        # tensors live until the whole backward pass ends, and each stored pair is dead once
+        # the walk has passed its block. Handed over with no reference left behind, so the
+        # walk releases each pair there. (They are intermediates of the forward, which
+        # nothing outside can modify in place.)
+        checkpoints, self.checkpoints = self.checkpoints, None
+        return checkpoints
 
     def record_rng_state(self, block, x):
         # Keras' torch dropout draws an unseeded layer's mask from torch's global generator
@@ -78,8 +88,8 @@ class _ReversibleBlocks(torch.autograd.Function):
             chain.blocks, (x1, x2), chain.training, before_block=chain.record_rng_state
         )
         ctx.chain = chain
-        ctx.checkpoint_indices = list(checkpoints)
-        ctx.save_for_backward(*outputs, *(t for i in checkpoints for t in checkpoints[i]))
+        chain.checkpoints = checkpoints
+        ctx.save_for_backward(*outputs)
         return outputs
 
     @staticmethod
@@ -93,12 +103,12 @@ class _ReversibleBlocks(torch.autograd.Function):
                 "gradients (create_graph=True); build the model with memory_efficient=False."
             )
         chain = ctx.chain
-        outputs, stored = ctx.saved_tensors[:2], ctx.saved_tensors[2:]
-        checkpoints = {
-            i: (stored[2 * j], stored[2 * j + 1]) for j, i in enumerate(ctx.checkpoint_indices)
-        }
         input_grads, weight_grads = _walk.backward(
-            chain.blocks, outputs, output_grads, chain.residual_vjp, checkpoints
+            chain.blocks,
+            ctx.saved_tensors,
+            output_grads,
+            chain.residual_vjp,
+            chain.take_checkpoints(),
         )
         return (None, *input_grads, *(weight_grads.get(id(v)) for v in chain.weights))
 

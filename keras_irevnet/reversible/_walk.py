@@ -72,6 +72,9 @@ def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=N
         `id(variable) -> gradient` over the blocks' trainable variables that F used.
     """
     x, grads = outputs, output_grads
+    # Emptied as the walk goes, so a used pair is released (when the caller keeps no
+    # reference to the dict it passed).
+    checkpoints = dict(checkpoints)
     weight_grads = {}
     for i in reversed(range(len(blocks))):
         block = blocks[i]
@@ -79,7 +82,7 @@ def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=N
             x, grads, lambda a2, block=block: residual_vjp(block, a2)
         )
         if i in checkpoints:
-            x = checkpoints[i]
+            x = checkpoints.pop(i)
         if barrier is not None:
             x, grads, values = barrier((tuple(x), tuple(grads), [g for _, g in block_grads]))
             block_grads = [(v, g) for (v, _), g in zip(block_grads, values)]
