@@ -40,6 +40,7 @@ import time
 from absl import app, flags
 
 from benchmarks import memory_report
+from benchmarks.allocations import torch_step_bytes
 from keras_irevnet import atomic
 
 FLAGS = flags.FLAGS
@@ -123,27 +124,6 @@ def _jax_step_bytes(model, x, y):
     return record, step
 
 
-def _torch_step_bytes(step):
-    """Peak and final bytes of the tensors `step()` allocates, from torch's allocator events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        step()
-    # Each "[memory]" event is one allocation (+bytes) or release (-bytes), in time order
-    # once sorted. The public `events()` list attributes them to operators without their
-    # order; the profiler's raw results keep it.
-    changes = sorted(
-        (event.start_ns(), event.nbytes())
-        for event in profiler.profiler.kineto_results.events()
-        if event.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, change in changes:
-        live += change
-        peak = max(peak, live)
-    return {"peak_tensor_bytes": peak, "left_allocated_bytes": live}
-
-
 def measure(backend, depth, mode):
     """One measurement in this (fresh) process; the Keras backend is already `backend`."""
     import keras
@@ -161,7 +141,7 @@ def measure(backend, depth, mode):
     elif backend == "torch":
         for size in WARMUP_BATCHES + (FLAGS.batch_size,):
             model.train_on_batch(*_batch(size))
-        record.update(_torch_step_bytes(lambda: model.train_on_batch(x, y)))
+        record.update(torch_step_bytes(lambda: model.train_on_batch(x, y)))
         record["activation_bytes"] = record["peak_tensor_bytes"] - record["left_allocated_bytes"]
         record["method"] = (
             "torch profiler: peak of the tensor bytes allocated during the step, minus those "

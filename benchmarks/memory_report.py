@@ -38,7 +38,9 @@ def markdown(records, backends):
                 f"| {backend} | {depth} | {batch} | {mib(plain)} | {mib(efficient)} | {ratio} | "
                 f"{sec(plain)} | {sec(efficient)} | {time_ratio} |"
             )
-    return "\n".join(lines + [""] + target_lines(by_key, backends)) + "\n"
+    methods = {r["backend"]: r.get("method") for r in records if r.get("method")}
+    measured = [""] + [f"- {b}: {methods[b]}." for b in backends if b in methods]
+    return "\n".join(lines + [""] + target_lines(by_key, backends) + measured) + "\n"
 
 
 # Reversible backprop's memory targets: at the deepest depth measured, at most this fraction

@@ -487,7 +487,7 @@ def test_torch_saves_only_the_output_for_backward():
 def test_torch_step_memory_is_flat_in_depth():
     if BACKEND != "torch":
         pytest.skip("measured with torch's profiler")
-    from benchmarks.memory import _torch_step_bytes
+    from benchmarks.allocations import torch_step_bytes
 
     def activation_bytes(memory_efficient, blocks):
         keras.utils.set_random_seed(0)
@@ -504,7 +504,7 @@ def test_torch_step_memory_is_flat_in_depth():
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
         x, y = np.ones((64, 16, 16, 3), "float32"), np.arange(64) % 10
         model.train_on_batch(x, y)
-        measured = _torch_step_bytes(lambda: model.train_on_batch(x, y))
+        measured = torch_step_bytes(lambda: model.train_on_batch(x, y))
         # What the step leaves allocated (weight gradients) grows with the weights.
         return measured["peak_tensor_bytes"] - measured["left_allocated_bytes"]
 
