@@ -19,8 +19,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Fused kernels where Keras computes the moments and the normalisation in separate ops,
     for channels-last float32 batches:
 
-    - TensorFlow, training mode: `FusedBatchNormV3` and its fused gradient. Not under XLA
-      (`jit_compile=True`), whose CPU lowering of the fused op is slower than Keras' ops.
+    - TensorFlow, training and inference: `FusedBatchNormV3` (and its fused gradient). Not
+      under XLA (`jit_compile=True`), whose CPU lowering of the fused op is slower than
+      Keras' ops.
     - torch, eager, training and inference: `torch.nn.functional.batch_norm` on the
       channels-last data seen as NCHW (no copy), and its fused gradient. Keras' path is about
       ten small operations per call, each a full pass over the activations.
@@ -73,12 +74,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         ):
             return None
         backend = keras.backend.backend()
-        if (
-            backend == "tensorflow"
-            and training
-            and self.trainable
-            and not _compat.tensorflow_in_xla_context()
-        ):
+        if backend == "tensorflow" and not _compat.tensorflow_in_xla_context():
             return self._tensorflow_fused_call
         if backend == "torch" and len(inputs.shape) == 4:
             import torch
@@ -98,12 +94,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def _tensorflow_fused_call(self, inputs, training):
         import tensorflow as tf
 
+        gamma, beta = ops.convert_to_tensor(self.gamma), ops.convert_to_tensor(self.beta)
+        if not training:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs,
+                gamma,
+                beta,
+                mean=ops.convert_to_tensor(self.moving_mean),
+                variance=ops.convert_to_tensor(self.moving_variance),
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+            return outputs
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs,
-            ops.convert_to_tensor(self.gamma),
-            ops.convert_to_tensor(self.beta),
-            epsilon=self.epsilon,
-            is_training=True,
+            inputs, gamma, beta, epsilon=self.epsilon, is_training=True
         )
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
         self._update_moving_statistics(mean, variance, count)
