@@ -74,6 +74,36 @@ def tiny_model(seed=0, **overrides):
     return kir.IRevNet(**{**TINY, **overrides})
 
 
+def narrow_stack(blocks, seed=0, **overrides):
+    """One stage of `blocks` stride-1 blocks, 16 channels, on 16x16 images, without a head
+    unless `overrides` asks for one: what the tests that vary depth build."""
+    overrides = {"include_top": False, **overrides}
+    return tiny_model(
+        seed,
+        blocks=(blocks,),
+        strides=(1,),
+        channels=(16,),
+        input_shape=(16, 16, 3),
+        **overrides,
+    )
+
+
+def compiled_jax_gradient(model, batch):
+    """JAX: the compiled gradient w.r.t. the trainable weights of sum(y ** 2), y = the model's
+    training-mode output on `batch` 16x16 images of ones (an XLA executable to inspect)."""
+    import jax
+
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable, x):
+        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+        return (y * y).sum()
+
+    x = jax.numpy.ones((batch, 16, 16, 3))
+    return jax.jit(jax.grad(loss)).lower(trainable, x).compile()
+
+
 @contextlib.contextmanager
 def float64_mode():
     """JAX computes float64 only in its 64-bit mode (float32 otherwise); the other backends

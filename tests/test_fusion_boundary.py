@@ -7,10 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-import keras_irevnet as kir
 from keras_irevnet.layers import additive_coupling
 from keras_irevnet.layers.fusion_boundary import fusion_boundary
-from tests.helpers import to_numpy
+from tests.helpers import compiled_jax_gradient, narrow_stack, to_numpy
 
 BACKEND = keras.backend.backend()
 
@@ -61,26 +60,7 @@ def test_jax_derivatives_are_the_identitys_in_both_modes():
 
 def _largest_backward_fusion(blocks):
     """The most operands of any fusion in the compiled gradient of a plain block stack."""
-    import jax
-
-    keras.utils.set_random_seed(0)
-    model = kir.IRevNet(
-        blocks=(blocks,),
-        strides=(1,),
-        channels=(16,),
-        init_ds=2,
-        input_shape=(16, 16, 3),
-        include_top=False,
-    )
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
-
-    def loss(trainable, x):
-        y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-        return (y * y).sum()
-
-    x = jax.numpy.ones((8, 16, 16, 3))
-    text = jax.jit(jax.grad(loss)).lower(trainable, x).compile().as_text()
+    text = compiled_jax_gradient(narrow_stack(blocks), batch=8).as_text()
     entry = text[text.index("ENTRY") :]
     counts = [
         call.group(1).count("%") for call in re.finditer(r"= \S+ fusion\((.*?)\), kind", entry)

@@ -412,29 +412,10 @@ def test_inference_mode_takes_the_plain_path():
 def test_jax_compiled_step_memory_is_flat_in_depth():
     if BACKEND != "jax":
         pytest.skip("XLA's memory analysis of a compiled step is JAX's")
-    import jax
 
     def temp_bytes(memory_efficient, blocks):
-        keras.utils.set_random_seed(0)
-        model = kir.IRevNet(
-            blocks=(blocks,),
-            strides=(1,),
-            channels=(16,),
-            init_ds=2,
-            input_shape=(16, 16, 3),
-            include_top=False,
-            memory_efficient=memory_efficient,
-            dropout=0.1,
-        )
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        def loss(trainable, x):
-            y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-            return (y * y).sum()
-
-        x = jax.numpy.ones((16, 16, 16, 3))
-        compiled = jax.jit(jax.grad(loss)).lower(trainable, x).compile()
+        model = helpers.narrow_stack(blocks, memory_efficient=memory_efficient, dropout=0.1)
+        compiled = helpers.compiled_jax_gradient(model, batch=16)
         return compiled.memory_analysis().temp_size_in_bytes
 
     shallow, deep, plain_deep = temp_bytes(True, 4), temp_bytes(True, 16), temp_bytes(False, 16)
@@ -451,16 +432,7 @@ def test_torch_saves_only_the_output_for_backward():
     import torch
 
     def saved_bytes(memory_efficient):
-        keras.utils.set_random_seed(0)
-        model = kir.IRevNet(
-            blocks=(8,),
-            strides=(1,),
-            channels=(16,),
-            init_ds=2,
-            input_shape=(16, 16, 3),
-            include_top=False,
-            memory_efficient=memory_efficient,
-        )
+        model = helpers.narrow_stack(8, memory_efficient=memory_efficient)
         model(inputs()[:1].repeat(2, 0).repeat(2, 1).repeat(2, 2))  # build
         total = []
 
@@ -490,14 +462,11 @@ def test_torch_step_memory_is_flat_in_depth():
     from benchmarks.allocations import torch_step_bytes
 
     def activation_bytes(memory_efficient, blocks):
-        keras.utils.set_random_seed(0)
-        model = kir.IRevNet(
-            blocks=(blocks,),
-            strides=(1,),
-            channels=(16,),
-            init_ds=2,
-            input_shape=(16, 16, 3),
+        model = helpers.narrow_stack(
+            blocks,
+            include_top=True,
             classes=10,
+            classifier_activation="softmax",
             memory_efficient=memory_efficient,
             dropout=0.1,
         )
