@@ -132,6 +132,10 @@ def measure(backend, depth, mode):
     model = _model(depth, memory_efficient=mode == "efficient")
     record = {"backend": backend, "depth": depth, "mode": mode, "batch_size": FLAGS.batch_size}
     x, y = _batch(FLAGS.batch_size)
+
+    def step():  # TensorFlow and torch: Keras' train step (JAX: the compiled gradient)
+        return model.train_on_batch(x, y)
+
     if backend == "jax":
         analysis, step = _jax_step_bytes(model, x, y)
         record.update(analysis)
@@ -141,16 +145,12 @@ def measure(backend, depth, mode):
     elif backend == "torch":
         for size in WARMUP_BATCHES + (FLAGS.batch_size,):
             model.train_on_batch(*_batch(size))
-        record.update(torch_step_bytes(lambda: model.train_on_batch(x, y)))
+        record.update(torch_step_bytes(step))
         record["activation_bytes"] = record["peak_tensor_bytes"] - record["left_allocated_bytes"]
         record["method"] = (
             "torch profiler: peak of the tensor bytes allocated during the step, minus those "
             "the step leaves allocated (weight gradients)"
         )
-
-        def step():
-            return model.train_on_batch(x, y)
-
     else:
         # Two warm-up batch sizes: TensorFlow traces its train step again for a new batch
         # size, once; the second trace is batch-generic (reduce_retracing), so the measured
@@ -166,9 +166,6 @@ def measure(backend, depth, mode):
             f"peak RSS after a batch-{FLAGS.batch_size} step minus after warm-up steps "
             "with batches 2 and 3"
         )
-
-        def step():
-            return model.train_on_batch(x, y)
 
     times = []
     for _ in range(FLAGS.timed_steps):

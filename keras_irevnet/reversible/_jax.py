@@ -29,7 +29,7 @@ def reversible_blocks(blocks, inputs, training):
     def mapping(weight_values, state_values):
         return list(zip(weights, weight_values)) + list(zip(states, state_values))
 
-    block_seeds = {id(block): _walk.seed_states([block]) for block in blocks}
+    block_seeds = _walk.block_seed_states(blocks)
 
     def forward(x, weight_values, state_values):
         with _walk.replay_scope((), (), mapping(weight_values, state_values)) as scope:

@@ -20,9 +20,7 @@ class _Chain:
         self.weights = weights
         self.seed_variables = _walk.seed_states(blocks)
         self.seed_values = None
-        # Each recompute maps only its own block's seeds (a scope over every block's seeds
-        # costs a conversion per seed, per block: quadratic in depth).
-        self.block_seeds = {id(block): _walk.seed_states([block]) for block in blocks}
+        self.block_seeds = _walk.block_seed_states(blocks)
         self.rng_states = {}
         self.checkpoints = None
 

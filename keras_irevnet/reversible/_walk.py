@@ -117,6 +117,15 @@ def seed_states(blocks):
     return unique_variables(states)
 
 
+def block_seed_states(blocks):
+    """`id(block) -> seed_states([block])`: each block's own dropout seed states.
+
+    A recompute maps only its block's seeds (mapping every block's seeds for each block's
+    recompute costs a conversion per seed, per block: quadratic in depth).
+    """
+    return {id(block): seed_states([block]) for block in blocks}
+
+
 def raw_values(variables):
     """The variables' current values in their own dtype.
 
