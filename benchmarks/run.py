@@ -17,9 +17,11 @@ F) and its fraction of the float32 matmul peak measured in the same run (the bes
 
 Every measurement excludes its warm-up step (compilation, tracing), reported apart, and
 reports the median of the timed steps that follow. Each backend and the reference run in
-their own process, one after the other. Writes speed.json, speed.md and speed.png to
---output_dir; the targets in speed.md are checked on the rows the library's defaults give
-(Keras' default compilation on CPU, the constructors' default `memory_efficient`).
+their own process, one after the other; the reference runs again after each backend, and
+each backend's ratios are to the mean of the reference runs just before and after it.
+Writes speed.json, speed.md and speed.png to --output_dir; the targets in speed.md are
+checked on the rows the library's defaults give (Keras' default compilation on CPU, the
+constructors' default `memory_efficient`).
 """
 
 import json
@@ -46,16 +48,14 @@ flags.DEFINE_string("output_dir", "runs/benchmarks/speed", "Where the JSON, tabl
 flags.DEFINE_integer("timeout", 5400, "Seconds allowed to one worker process.")
 flags.DEFINE_string("worker", None, "Internal: 'reference' or 'keras': measure, print JSON.")
 flags.DEFINE_string("model", None, "Internal: the worker's model.")
+flags.DEFINE_bool("xla_default_fusions", False, "Internal: JAX worker keeps XLA's CPU fusions.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# JAX on CPU also runs with XLA's YNNPACK fusions off: XLA's own convolutions are faster on
-# most of i-RevNet's shapes (measured 1.2-1.9x on 16-256 channels) but slower in backward
-# passes, so both settings are measured. XLA reads XLA_FLAGS when the backend starts.
-JAX_VARIANTS = {
-    "": None,
-    " + YNN off": "--xla_cpu_experimental_ynn_fusion_type=",
-}
+# JAX on CPU also runs with XLA's default YNNPACK fusions, which keras_irevnet turns off for
+# its models' compiled steps (keras_irevnet/models/xla_cpu_options.py): the comparison shows
+# what that choice is worth.
+JAX_VARIANTS = {"": False, " + YNN": True}
 
 
 def _workload(name):
@@ -76,6 +76,11 @@ def worker():
     else:
         from benchmarks import speed_keras
 
+        if FLAGS.xla_default_fusions:
+            from keras_irevnet.models import xla_cpu_options
+
+            xla_cpu_options.jax_compiler_options = lambda: None
+
         results = speed_keras.measure(workload, FLAGS.jit_modes)
     for result in results:
         _emit(result)
@@ -85,11 +90,9 @@ def _emit(result):
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
+def _run_worker(kind, backend, model, xla_default_fusions=False, label_suffix="", tags=None):
     """Runs one worker process; returns its results, tagged, as they were printed."""
     env = dict(os.environ, KERAS_BACKEND=backend or "tensorflow")
-    if xla_flags:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     command = [
         sys.executable,
         "-m",
@@ -97,6 +100,7 @@ def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
         f"--worker={kind}",
         f"--model={model}",
         f"--quick={FLAGS.quick}",
+        f"--xla_default_fusions={xla_default_fusions}",
     ]
     if FLAGS.jit_modes:
         command.append(f"--jit_modes={','.join(FLAGS.jit_modes)}")
@@ -115,7 +119,7 @@ def _run_worker(kind, backend, model, xla_flags=None, label_suffix=""):
     for line in stdout.splitlines():
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT ") :])
-            result.update(model=model, backend=backend or "reference")
+            result.update(model=model, backend=backend or "reference", **(tags or {}))
             if label_suffix and "jit" in result:
                 result["jit"] += label_suffix
             results.append(result)
@@ -163,11 +167,23 @@ def main(argv):
     records = []
     start = time.time()
     for model in FLAGS.models:
-        records += _run_worker("reference", None, model)
-        for backend in FLAGS.backends:
-            variants = JAX_VARIANTS if backend == "jax" else {"": None}
-            for suffix, xla_flags in variants.items():
-                records += _run_worker("keras", backend, model, xla_flags, suffix)
+        # The reference runs again after each backend, and each backend is compared with the
+        # mean of the two reference runs around it: the machine's speed drifts by 10-25 %
+        # over a run, which a single reference measured at the start would attribute to the
+        # backends measured last.
+        records += _run_worker("reference", None, model, tags=dict(round=0))
+        for number, backend in enumerate(FLAGS.backends):
+            variants = JAX_VARIANTS if backend == "jax" else {"": False}
+            for suffix, xla_default_fusions in variants.items():
+                records += _run_worker(
+                    "keras",
+                    backend,
+                    model,
+                    xla_default_fusions,
+                    suffix,
+                    tags=dict(reference_rounds=[number, number + 1]),
+                )
+            records += _run_worker("reference", None, model, tags=dict(round=number + 1))
             # Written after every worker: an interrupted run keeps what it measured.
             speed_report.write(records, _machine(start), FLAGS.output_dir)
     speed_report.write(records, _machine(start), FLAGS.output_dir)

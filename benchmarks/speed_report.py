@@ -47,11 +47,6 @@ def summarize(records):
         flops = next((r["forward_flops"] for r in rows if r["work"] == "flops"), None)
         peaks = [r["gflops"] for r in rows if r["work"] == "matmul_peak"]
         peak = max(peaks) if peaks else None
-        reference = {
-            r["work"]: r["images_per_second"]
-            for r in rows
-            if r["backend"] == "reference" and "images_per_second" in r
-        }
         for r in rows:
             if "images_per_second" not in r:
                 continue
@@ -59,14 +54,31 @@ def summarize(records):
                 r["gflops"] = r["images_per_second"] * flops * FLOP_FACTOR[r["work"]] / 1e9
                 if peak:
                     r["fraction_of_peak"] = r["gflops"] / peak
-            if r["work"] in reference:
-                r["vs_reference"] = r["images_per_second"] / reference[r["work"]]
+            reference = _reference_rate(rows, r)
+            if reference:
+                r["vs_reference"] = r["images_per_second"] / reference
         summary[model] = dict(
             forward_gflop_per_image=flops / 1e9 if flops else None,
             matmul_peak_gflops=peak,
             targets=_targets(rows),
         )
     return summary
+
+
+def _reference_rate(rows, row):
+    """The reference's img/s for `row`'s work: the mean over the reference runs named by
+    `row["reference_rounds"]` (those just before and after its backend's), or over all of
+    them (for reference rows themselves, and results without rounds)."""
+    rounds = row.get("reference_rounds") if row["backend"] != "reference" else None
+    rates = [
+        r["images_per_second"]
+        for r in rows
+        if r["backend"] == "reference"
+        and r["work"] == row["work"]
+        and "images_per_second" in r
+        and (rounds is None or r.get("round", 0) in rounds)
+    ]
+    return sum(rates) / len(rates) if rates else None
 
 
 def _best(rows, backend, work):
@@ -143,6 +155,10 @@ def markdown(records, summary, machine):
         + f". {'Quick run' if machine['quick'] else 'Full run'}, {machine['date']}, "
         f"{machine['total_seconds'] / 60:.0f} min.",
         "",
+        'The reference ran before the first backend and again after each one ("run k"); '
+        'each backend\'s "x reference" is to the mean of the runs just before and after it, '
+        "and each reference run's to the mean of all of them (the machine's drift).",
+        "",
     ]
     for model, info in summary.items():
         workload = next((w for w in machine["workloads"] if w["model"] == model), {})
@@ -172,7 +188,7 @@ def markdown(records, summary, machine):
                 continue
             lines.append(
                 f"| {r['backend']} | {r['jit']} | {r['memory_efficient']} | {r['work']} | "
-                f"{r.get('call', 'loop')} | {r['images_per_second']:.1f} | "
+                f"{r.get('call', 'loop')}{_run_label(r)} | {r['images_per_second']:.1f} | "
                 f"{r.get('vs_reference', 0):.2f} | "
                 f"{r.get('gflops', 0):.0f} | {100 * r.get('fraction_of_peak', 0):.0f} | "
                 f"{r['warmup_seconds']:.1f} |"
@@ -184,6 +200,10 @@ def markdown(records, summary, machine):
     for r in failed:
         lines.append(f"Worker {r['model']} / {r['backend']} failed: {r['error'][-300:]}")
     return "\n".join(lines) + "\n"
+
+
+def _run_label(row):
+    return f", run {row['round']}" if "round" in row else ""
 
 
 def _target_lines(targets):
@@ -221,7 +241,10 @@ def plot(records, summary, path):
             values, labels = [], []
             for work in WORKS:
                 best = _best(rows, backend, work)
-                values.append(best["vs_reference"] if best and "vs_reference" in best else 0)
+                if backend == "reference":
+                    values.append(1.0 if best else 0)  # the yardstick itself
+                else:
+                    values.append(best["vs_reference"] if best and "vs_reference" in best else 0)
                 labels.append(best["jit"] if best else "")
             xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(WORKS))]
             bars = ax.bar(

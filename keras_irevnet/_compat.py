@@ -6,6 +6,9 @@ TensorFlow or torch upgrade that moves or changes them fails there, by name, bef
 else does.
 """
 
+import contextlib
+import functools
+
 
 def in_symbolic_scope():
     """Whether Keras is running a layer on symbolic tensors to infer shapes.
@@ -113,3 +116,30 @@ def keras_home():
     from keras.src.backend import config
 
     return config.keras_home()
+
+
+@contextlib.contextmanager
+def jax_trainer_compiler_options(compiler_options):
+    """A context in which Keras' JAX trainer compiles its steps with `compiler_options`.
+
+    Keras' JAX trainer builds its train, test and predict steps with `jax.jit` and has no
+    way to pass XLA compiler options to it (`keras_irevnet.models.xla_cpu_options` says which
+    and why). Its module-level `jit` is wrapped for the duration of one `make_*_function`
+    call, which is where Keras calls it. With None, or where Keras uses Flax NNX's `jit`,
+    nothing changes.
+    """
+    if not compiler_options:
+        yield
+        return
+    import jax
+    from keras.src.backend.jax import trainer
+
+    original = trainer.jit
+    if original is not jax.jit:
+        yield
+        return
+    trainer.jit = functools.partial(original, compiler_options=compiler_options)
+    try:
+        yield
+    finally:
+        trainer.jit = original

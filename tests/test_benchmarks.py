@@ -107,6 +107,42 @@ def test_report_ratios_targets_and_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["speed.json", "speed.md", "speed.png"]
 
 
+def test_each_backend_is_compared_with_the_reference_runs_around_it(tmp_path):
+    # The machine slows down during the run: the reference measures 40, 30 and 20 img/s
+    # before, between and after two backends that each run at 0.9x of it.
+    def tagged(row, **tags):
+        return dict(row, **tags)
+
+    records = [
+        tagged(_timing("reference", "train", 40.0), round=0),
+        tagged(_timing("tensorflow", "train", 31.5, "tf.function"), reference_rounds=[0, 1]),
+        tagged(_timing("reference", "train", 30.0), round=1),
+        tagged(_timing("jax", "train", 22.5, "jax.jit"), reference_rounds=[1, 2]),
+        tagged(_timing("reference", "train", 20.0), round=2),
+    ]
+    speed_report.summarize(records)
+    by_backend = {r["backend"]: r for r in records if r["backend"] != "reference"}
+    assert by_backend["tensorflow"]["vs_reference"] == pytest.approx(0.9)
+    assert by_backend["jax"]["vs_reference"] == pytest.approx(0.9)
+    # Each reference run against the mean of all three shows the drift.
+    assert [r["vs_reference"] for r in records if r["backend"] == "reference"] == (
+        pytest.approx([40 / 30, 1.0, 20 / 30])
+    )
+    machine = dict(
+        processor="cpu",
+        platform="linux",
+        cpus=2,
+        python="3.11",
+        quick=True,
+        workloads=[w.__dict__ for w in workloads(True)],
+        total_seconds=60,
+        date="today",
+    )
+    speed_report.write(records, machine, str(tmp_path))
+    table = (tmp_path / "speed.md").read_text()
+    assert "| reference | eager | False | train | loop, run 2 | 20.0 | 0.67 |" in table
+
+
 def test_time_steps_excludes_the_warm_up_call(monkeypatch):
     # A clock that each step advances by a known amount, so the test does not depend on how
     # busy the machine is: the first call takes 10 s (a compilation), the others 1-3 s.

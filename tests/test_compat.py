@@ -100,3 +100,26 @@ def test_keras_home_is_keras_cache_directory():
     home = _compat.keras_home()
     expected = os.environ.get("KERAS_HOME")
     assert isinstance(home, str) and (home == expected if expected else home.endswith(".keras"))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="Keras' JAX trainer")
+def test_jax_trainer_compiler_options_reach_the_compilation():
+    import jax
+    from keras.src.backend.jax import trainer
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    x, k = jax.numpy.ones((2, 8, 8, 64)), jax.numpy.ones((3, 3, 64, 64))
+    # An option whose effect shows in the compiled program: XLA's CPU compiler hands the
+    # convolution to YNNPACK by default, and not with the option.
+    options = {"xla_cpu_experimental_ynn_fusion_type": ""}
+    with _compat.jax_trainer_compiler_options(options):
+        compiled = trainer.jit(conv).lower(x, k).compile().as_text()
+    assert trainer.jit is jax.jit  # restored
+    with _compat.jax_trainer_compiler_options(None):
+        assert trainer.jit is jax.jit
+    assert "ynn" in jax.jit(conv).lower(x, k).compile().as_text()
+    assert "ynn" not in compiled

@@ -10,8 +10,11 @@ backend tensors (or NumPy arrays) of the right shape and dtype.
 """
 
 import contextlib
+import functools
 
 import keras
+
+from keras_irevnet.models import xla_cpu_options
 
 
 def _backend():
@@ -109,11 +112,14 @@ def products(fn, variables=()):
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
             return fn(x)
 
-    @jax.jit
+    # The models' own compiler options (XLA's CPU convolutions: models/xla_cpu_options.py).
+    jit = functools.partial(jax.jit, compiler_options=xla_cpu_options.jax_compiler_options())
+
+    @jit
     def jvp_compiled(values, x, tangent):
         return jax.jvp(lambda a: pure(values, a), (x,), (tangent,))[1]
 
-    @jax.jit
+    @jit
     def vjp_compiled(values, x, cotangent):
         return jax.vjp(lambda a: pure(values, a), x)[1](cotangent)[0]
 

@@ -2,8 +2,10 @@
 
 import keras
 
+from keras_irevnet.models.xla_cpu_options import XlaCpuOptions
 
-class InverseModel(keras.Model):
+
+class InverseModel(XlaCpuOptions, keras.Model):
     """Phi(x) -> x as a Keras model, sharing its variables with the i-RevNet it inverts.
 
     `IRevNet.inverse` is a plain method: called eagerly, every operation is dispatched one
