@@ -303,6 +303,41 @@ def test_batch_normalization_training_matches_keras():
         )
 
 
+def test_batch_normalization_relu_of_call_is_relu_of_keras_layer():
+    # The bottleneck's BN -> ReLU in one call (on torch the ReLU runs in place on the kernel's
+    # output): values and input gradients are those of ReLU after Keras' own layer.
+    from keras_irevnet.analysis.autodiff import vjp
+    from keras_irevnet.layers import BatchNormalization
+
+    x = preprocessed_photos(32, 4)
+    ours = BatchNormalization(momentum=0.9, epsilon=1e-5)
+    keras_own = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (ours, keras_own):
+        layer.build(x.shape)
+        layer.gamma.assign(np.array([0.5, 1.0, 2.0], "float32"))
+        layer.beta.assign(np.array([0.1, -0.2, 0.3], "float32"))
+        layer.moving_mean.assign(np.array([0.2, -0.1, 0.0], "float32"))
+        layer.moving_variance.assign(np.array([0.5, 2.0, 1.0], "float32"))
+    cotangent = np.cos(x)
+    for training in (False, True):  # inference first, as in the test above
+
+        def theirs(t, training=training):
+            return keras.ops.relu(keras_own(t, training=training))
+
+        def relu_ours(t, training=training):
+            return ours.relu_of_call(t, training=training)
+
+        y = to_numpy(relu_ours(x))
+        assert 0.1 < (y == 0).mean() < 0.9  # the ReLU does cut
+        np.testing.assert_allclose(y, to_numpy(theirs(x)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(vjp(relu_ours, x, cotangent)),
+            to_numpy(vjp(theirs, x, cotangent)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
 def test_batch_normalization_weight_gradients_match_keras():
     # The fused kernels (TensorFlow and torch training) compute gamma's and beta's gradients
     # themselves: one SGD step (learning rate 1, so the change is the gradient) must move

@@ -22,9 +22,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
     - TensorFlow, training and inference: `FusedBatchNormV3` (and its fused gradient). Not
       under XLA (`jit_compile=True`), whose CPU lowering of the fused op is slower than
       Keras' ops.
-    - torch, eager, training and inference: `torch.nn.functional.batch_norm` on the
-      channels-last data seen as NCHW (no copy), and its fused gradient. Keras' path is about
-      ten small operations per call, each a full pass over the activations.
+    - torch, eager, training: `torch.nn.functional.batch_norm` on the channels-last data
+      seen as NCHW (no copy), and its fused gradient. Keras' path is about ten small
+      operations per call, each a full pass over the activations. Inference: one
+      multiply-add per element (`torch.addcmul`) with the scale and shift from the moving
+      statistics.
 
     Both kernels report the Bessel-corrected batch variance; the moving variance is updated
     with the biased one, as Keras does. Outputs, gradients and moving statistics agree with
@@ -60,6 +62,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
             epsilon=self.epsilon,
         )
 
+    def relu_of_call(self, inputs, training=None):
+        """`relu(self.call(inputs, training))`, the ReLU fused in where the kernel is.
+
+        On torch the ReLU then runs in place on the freshly normalised tensor (nothing else
+        holds it, and neither kernel's gradient needs it): one activation-sized allocation
+        fewer per call, as in the reference's `ReLU(inplace=True)`.
+        """
+        fused = self._fused_kernel(inputs, training, None)
+        if fused is not None:
+            return fused(inputs, training=bool(training) and self.trainable, relu=True)
+        return ops.relu(self.call(inputs, training=training))
+
     def _fused_kernel(self, inputs, training, mask):
         """The fused call for these inputs, or None for Keras' path."""
         if not (
@@ -91,7 +105,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
 
-    def _tensorflow_fused_call(self, inputs, training):
+    def _tensorflow_fused_call(self, inputs, training, relu=False):
+        import tensorflow as tf
+
+        outputs = self._tensorflow_fused_batch_norm(inputs, training)
+        return tf.nn.relu(outputs) if relu else outputs
+
+    def _tensorflow_fused_batch_norm(self, inputs, training):
         import tensorflow as tf
 
         gamma, beta = ops.convert_to_tensor(self.gamma), ops.convert_to_tensor(self.beta)
@@ -113,21 +133,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._update_moving_statistics(mean, variance, count)
         return outputs
 
-    def _torch_fused_call(self, inputs, training):
+    def _torch_fused_call(self, inputs, training, relu=False):
         import torch
 
-        x = ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
         gamma, beta = (
             ops.convert_to_tensor(self.gamma),
             ops.convert_to_tensor(self.beta),
         )
         if not training:
-            mean = ops.convert_to_tensor(self.moving_mean)
-            variance = ops.convert_to_tensor(self.moving_variance)
-            y = torch.nn.functional.batch_norm(
-                x, mean, variance, gamma, beta, False, 0.0, self.epsilon
-            )
-            return y.permute(0, 2, 3, 1)
+            # One multiply-add per element on the channels-last data as it is: torch's
+            # batch_norm kernel on channels-last memory is 2-25x slower than this in
+            # inference (e.g. 0.8 ms against 0.03 ms on 4x14x14x384), slower even than on
+            # NCHW data.
+            scale = gamma * torch.rsqrt(ops.convert_to_tensor(self.moving_variance) + self.epsilon)
+            shift = beta - ops.convert_to_tensor(self.moving_mean) * scale
+            y = torch.addcmul(shift, ops.convert_to_tensor(inputs), scale)
+            return torch.relu_(y) if relu else y
+        x = ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
         # With momentum 1 the kernel writes the batch statistics into these two buffers
         # (fresh tensors, not the moving statistics: those are updated through Keras, so
         # that a StatelessScope can capture or discard the update).
@@ -135,4 +157,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
         variance = torch.ones_like(gamma)
         y = torch.nn.functional.batch_norm(x, mean, variance, gamma, beta, True, 1.0, self.epsilon)
         self._update_moving_statistics(mean, variance, x.numel() // x.shape[1])
+        if relu:
+            y = torch.relu_(y)
         return y.permute(0, 2, 3, 1)

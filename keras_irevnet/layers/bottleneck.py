@@ -95,12 +95,12 @@ class Bottleneck(keras.layers.Layer):
         # large share of eager inference (benchmarks/results/optimisations.md).
         x = inputs
         if self.input_norm is not None:
-            x = ops.relu(self.input_norm.call(x, training=training))
+            x = self.input_norm.relu_of_call(x, training=training)
         x = self.conv1.call(self._padded(x))
-        x = ops.relu(self.norm1.call(x, training=training))
+        x = self.norm1.relu_of_call(x, training=training)
         x = self.conv2.call(x)
         x = self.drop.call(x, training=training)
-        x = ops.relu(self.norm2.call(x, training=training))
+        x = self.norm2.relu_of_call(x, training=training)
         return self.conv3.call(x)
 
     def compute_output_shape(self, input_shape):
