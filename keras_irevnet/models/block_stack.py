@@ -76,11 +76,17 @@ class BlockStack(InvertibleLayer):
         The one place that runs split -> blocks; `call`, `IRevNet.block_outputs` and the
         analyses are built on it. Works on eager, traced and symbolic (`keras.Input`) tensors.
         """
-        yield from walk(
-            self.blocks,
-            split_channels(inputs),
-            lambda block, pair: block(pair, training=training),
-        )
+        # Each block's `call` directly where its `__call__` would only add Keras' per-call
+        # bookkeeping (about 5 % of torch's eager CIFAR inference): on tensors, not on the
+        # functional API's symbolic ones, and where no mixed policy asks `__call__` to cast.
+        direct = self.compute_dtype == self.variable_dtype
+
+        def step(block, pair):
+            if direct and block.built and not isinstance(pair[0], keras.KerasTensor):
+                return block.call(pair, training=training)
+            return block(pair, training=training)
+
+        yield from walk(self.blocks, split_channels(inputs), step)
 
     def call(self, inputs, training=None):
         if self.memory_efficient and training and not _compat.in_symbolic_scope():
