@@ -27,6 +27,20 @@ def _timing(backend, work, images_per_second, jit="eager", memory_efficient=Fals
     return record
 
 
+def _machine():
+    """The machine description `speed_report.write` puts in the files' header."""
+    return dict(
+        processor="cpu",
+        platform="linux",
+        cpus=2,
+        python="3.11",
+        quick=True,
+        workloads=[w.__dict__ for w in workloads(True)],
+        total_seconds=60,
+        date="today",
+    )
+
+
 def test_reference_flop_count_matches_the_documented_count():
     torch = pytest.importorskip("torch")
     del torch
@@ -85,17 +99,7 @@ def test_report_ratios_targets_and_files(tmp_path, monkeypatch):
     assert tf_train["gflops"] == pytest.approx(60 * 3)  # training counts 3x forward FLOPs
     assert tf_train["fraction_of_peak"] == pytest.approx(60 * 3 / 200)
 
-    machine = dict(
-        processor="cpu",
-        platform="linux",
-        cpus=2,
-        python="3.11",
-        quick=True,
-        workloads=[w.__dict__ for w in workloads(True)],
-        total_seconds=60,
-        date="today",
-    )
-    speed_report.write(records, machine, str(tmp_path))
+    speed_report.write(records, _machine(), str(tmp_path))
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["summary"]["cifar"]["matmul_peak_gflops"] == 200.0
     table = (tmp_path / "speed.md").read_text()
@@ -128,17 +132,7 @@ def test_each_backend_is_compared_with_the_reference_runs_around_it(tmp_path):
     assert [r["vs_reference"] for r in records if r["backend"] == "reference"] == (
         pytest.approx([40 / 30, 1.0, 20 / 30])
     )
-    machine = dict(
-        processor="cpu",
-        platform="linux",
-        cpus=2,
-        python="3.11",
-        quick=True,
-        workloads=[w.__dict__ for w in workloads(True)],
-        total_seconds=60,
-        date="today",
-    )
-    speed_report.write(records, machine, str(tmp_path))
+    speed_report.write(records, _machine(), str(tmp_path))
     table = (tmp_path / "speed.md").read_text()
     assert "| reference | eager | False | train | loop, run 2 | 20.0 | 0.67 |" in table
 

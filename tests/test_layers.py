@@ -259,19 +259,29 @@ def test_conv2d_config_roundtrip():
     assert Conv2D.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
-def test_batch_normalization_training_matches_keras():
-    # On TensorFlow the training mode runs the fused kernel; on every backend the outputs,
-    # moving statistics and gradients must be those of Keras' own layer, to float32 rounding.
-    from keras_irevnet.analysis.autodiff import vjp
+def _batch_norm_pair(x, gamma, moving_mean=None, moving_variance=None):
+    """keras_irevnet's BatchNormalization and Keras' own, built for `x`, same weights."""
     from keras_irevnet.layers import BatchNormalization
 
-    x = preprocessed_photos(32, 4)
     ours = BatchNormalization(momentum=0.9, epsilon=1e-5)
     keras_own = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
     for layer in (ours, keras_own):
         layer.build(x.shape)
-        layer.gamma.assign(np.linspace(0.5, 2.0, 3).astype("float32"))
+        layer.gamma.assign(np.asarray(gamma, "float32"))
         layer.beta.assign(np.array([0.1, -0.2, 0.3], "float32"))
+        if moving_mean is not None:
+            layer.moving_mean.assign(np.asarray(moving_mean, "float32"))
+            layer.moving_variance.assign(np.asarray(moving_variance, "float32"))
+    return ours, keras_own
+
+
+def test_batch_normalization_training_matches_keras():
+    # On TensorFlow the training mode runs the fused kernel; on every backend the outputs,
+    # moving statistics and gradients must be those of Keras' own layer, to float32 rounding.
+    from keras_irevnet.analysis.autodiff import vjp
+
+    x = preprocessed_photos(32, 4)
+    ours, keras_own = _batch_norm_pair(x, gamma=np.linspace(0.5, 2.0, 3))
     for _ in range(2):  # the second step starts from updated moving statistics
         y_ours, y_keras = ours(x, training=True), keras_own(x, training=True)
         np.testing.assert_allclose(to_numpy(y_ours), to_numpy(y_keras), rtol=1e-5, atol=1e-5)
@@ -307,17 +317,11 @@ def test_batch_normalization_relu_of_call_is_relu_of_keras_layer():
     # The bottleneck's BN -> ReLU in one call (on torch the ReLU runs in place on the kernel's
     # output): values and input gradients are those of ReLU after Keras' own layer.
     from keras_irevnet.analysis.autodiff import vjp
-    from keras_irevnet.layers import BatchNormalization
 
     x = preprocessed_photos(32, 4)
-    ours = BatchNormalization(momentum=0.9, epsilon=1e-5)
-    keras_own = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
-    for layer in (ours, keras_own):
-        layer.build(x.shape)
-        layer.gamma.assign(np.array([0.5, 1.0, 2.0], "float32"))
-        layer.beta.assign(np.array([0.1, -0.2, 0.3], "float32"))
-        layer.moving_mean.assign(np.array([0.2, -0.1, 0.0], "float32"))
-        layer.moving_variance.assign(np.array([0.5, 2.0, 1.0], "float32"))
+    ours, keras_own = _batch_norm_pair(
+        x, gamma=[0.5, 1.0, 2.0], moving_mean=[0.2, -0.1, 0.0], moving_variance=[0.5, 2.0, 1.0]
+    )
     cotangent = np.cos(x)
     for training in (False, True):  # inference first, as in the test above
 
