@@ -1,4 +1,4 @@
-"""Bytes of the tensors one torch step allocates, from torch's allocator events.
+"""Bytes of the tensors one training step allocates, from the backend's allocator.
 
 Kept apart from `benchmarks/memory.py`, which defines command-line flags, so that the tests
 can import it.
@@ -24,3 +24,45 @@ def torch_step_bytes(step):
         live += change
         peak = max(peak, live)
     return {"peak_tensor_bytes": peak, "left_allocated_bytes": live}
+
+
+def tensorflow_step_bytes(step, device="CPU:0"):
+    """Peak and final bytes `step()` adds to TensorFlow's allocator on `device`.
+
+    TensorFlow's allocator statistics (`tf.config.experimental.get_memory_info`) count every
+    tensor buffer its kernels allocate, on the CPU too; the peak is reset before the step.
+    """
+    import tensorflow as tf
+
+    before = tf.config.experimental.get_memory_info(device)["current"]
+    tf.config.experimental.reset_memory_stats(device)
+    step()
+    info = tf.config.experimental.get_memory_info(device)
+    return {
+        "peak_tensor_bytes": info["peak"] - before,
+        "left_allocated_bytes": info["current"] - before,
+    }
+
+
+def tensorflow_loss_gradient(model, loss_fn):
+    """`(x, y) -> gradients of loss_fn(y, model(x)) w.r.t. the trainable weights`, a
+    `tf.function` computing them as Keras' train step does, without the optimizer's update."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def gradient(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    return gradient
+
+
+def weight_gradient_bytes(model):
+    """Bytes of one gradient per trainable weight: what a step holds at the end of its
+    backward pass in either mode, plain or reversible."""
+    import numpy as np
+
+    return sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.trainable_variables
+    )

@@ -8,20 +8,26 @@ The model is the CIFAR i-RevNet's width (channels 16, 64, 256; strides 1, 2, 2; 
 (54 blocks = IRevNetCIFAR). Every measurement runs in a fresh process, one backend each:
 
 - JAX: the exact figure. XLA's memory analysis of the compiled gradient of the loss
-  (`jax.jit(jax.value_and_grad(loss)).lower(...).compile().memory_analysis()`): its
-  temporary buffers are the activations kept for the backward pass plus scratch space.
+  (`jax.jit(jax.value_and_grad(loss)).lower(...).compile().memory_analysis()`, compiled
+  with the XLA options of the models' own train steps): its temporary buffers are the
+  activations kept for the backward pass plus scratch space.
 - torch: exact too. Every allocation and release of a tensor during one training step
   (`model.train_on_batch`, batch `batch_size`, after warm-up steps), from torch's profiler
   with `profile_memory=True`: the peak of the bytes allocated during the step and still
   alive, minus the bytes the step leaves allocated (its weight gradients, which plain and
   reversible backprop both keep for the optimizer, and which grow with depth because the
   weights do). Both parts are recorded.
-- TensorFlow (CPU, no allocator statistics): the process's peak resident set size after one
-  training step minus its peak after warm-up steps with batches of 2 and 3. The warm-up has
-  loaded the libraries, built the model and its optimizer state and traced the step
-  (TensorFlow traces once more for a second batch size, then the graph is batch-generic),
-  so the difference is what the full batch adds: activations and their gradients (the peak
-  RSS never goes down, so a step that needs no more than the warm-up shows as 0).
+- TensorFlow: exact as well. Its allocator's statistics on the CPU
+  (`tf.config.experimental.get_memory_info`) around one call of the loss gradient
+  (`tf.function`, GradientTape, the gradients w.r.t. the trainable weights returned, as in
+  Keras' train step but without the optimizer's update, as on JAX), after warm-up calls
+  with batches of 2, 3 and `batch_size` (TensorFlow traces once more for a second batch
+  size, then the graph is batch-generic): the peak of the bytes allocated during the call
+  above those allocated before it, minus the bytes of the weight gradients, which both
+  modes hold at the end and which grow with depth because the weights do (torch's figure
+  leaves them out too; on JAX they are outputs, not temporaries). Both parts are recorded.
+  (Until this version the figure was the growth of the process's peak resident set size
+  over a `train_on_batch`, which varied by +-10 MB between runs.)
 
 Time per step: the median of `--timed_steps` further steps after the measured one:
 `train_on_batch` on TensorFlow and torch (forward, backward, SGD update); on JAX the
@@ -40,7 +46,12 @@ import time
 from absl import app, flags
 
 from benchmarks import memory_report
-from benchmarks.allocations import torch_step_bytes
+from benchmarks.allocations import (
+    tensorflow_loss_gradient,
+    tensorflow_step_bytes,
+    torch_step_bytes,
+    weight_gradient_bytes,
+)
 from keras_irevnet import atomic
 
 FLAGS = flags.FLAGS
@@ -54,13 +65,6 @@ flags.DEFINE_integer("timeout", 3600, "Seconds allowed to one measurement proces
 flags.DEFINE_string("worker", None, "Internal: 'backend,depth,mode': measure, print JSON.")
 
 WARMUP_BATCHES = (2, 3)
-
-
-def _peak_rss_bytes():
-    import resource
-
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _model(depth, memory_efficient):
@@ -97,6 +101,8 @@ def _jax_step_bytes(model, x, y):
     import jax
     import keras
 
+    from keras_irevnet.models.xla_cpu_options import jax_compiler_options
+
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -105,8 +111,9 @@ def _jax_step_bytes(model, x, y):
         logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
         return loss_fn(y, logits), non_trainable
 
+    # Compiled as the models' own train steps are (see xla_cpu_options).
     compiled = (
-        jax.jit(jax.value_and_grad(loss, has_aux=True))
+        jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=jax_compiler_options())
         .lower(trainable, non_trainable, x, y)
         .compile()
     )
@@ -154,17 +161,19 @@ def measure(backend, depth, mode):
     else:
         # Two warm-up batch sizes: TensorFlow traces its train step again for a new batch
         # size, once; the second trace is batch-generic (reduce_retracing), so the measured
-        # step builds no graph and its peak holds the step's memory alone.
-        for size in WARMUP_BATCHES:
+        # step builds no graph.
+        gradient = tensorflow_loss_gradient(
+            model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        for size in WARMUP_BATCHES + (FLAGS.batch_size,):
+            gradient(*_batch(size))
             model.train_on_batch(*_batch(size))
-        warm = _peak_rss_bytes()
-        model.train_on_batch(x, y)
-        peak = _peak_rss_bytes()
-        record.update(warmup_peak_rss_bytes=warm, peak_rss_bytes=peak)
-        record["activation_bytes"] = peak - warm
+        record.update(tensorflow_step_bytes(lambda: gradient(x, y)))
+        record["weight_gradient_bytes"] = weight_gradient_bytes(model)
+        record["activation_bytes"] = record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         record["method"] = (
-            f"peak RSS after a batch-{FLAGS.batch_size} step minus after warm-up steps "
-            "with batches 2 and 3"
+            "TensorFlow's allocator statistics: peak of the bytes allocated during the loss "
+            "gradient above those before it, minus the bytes of the weight gradients"
         )
 
     times = []

@@ -90,8 +90,11 @@ def narrow_stack(blocks, seed=0, **overrides):
 
 def compiled_jax_gradient(model, batch):
     """JAX: the compiled gradient w.r.t. the trainable weights of sum(y ** 2), y = the model's
-    training-mode output on `batch` 16x16 images of ones (an XLA executable to inspect)."""
+    training-mode output on `batch` 16x16 images of ones (an XLA executable to inspect),
+    compiled with the options the models' own steps get."""
     import jax
+
+    from keras_irevnet.models.xla_cpu_options import jax_compiler_options
 
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
@@ -101,7 +104,8 @@ def compiled_jax_gradient(model, batch):
         return (y * y).sum()
 
     x = jax.numpy.ones((batch, 16, 16, 3))
-    return jax.jit(jax.grad(loss)).lower(trainable, x).compile()
+    compiled = jax.jit(jax.grad(loss), compiler_options=jax_compiler_options())
+    return compiled.lower(trainable, x).compile()
 
 
 @contextlib.contextmanager

@@ -68,13 +68,19 @@ def reversible_blocks(blocks, inputs, training):
         index = {id(v): i for i, v in enumerate(weights)}
         state_index = {id(v): i for i, v in enumerate(states)}
 
-        def residual_vjp(block, a2):
+        def residual_vjp(block, a2, block_output_grads):
             block_weights = block.trainable_variables
             block_values = [weight_values[index[id(v)]] for v in block_weights]
-
-            # The recompute's masks, too, are drawn once this block's input is rebuilt.
             seeds = block_seeds[id(block)]
-            tied = after([state_values[state_index[id(v)]] for v in seeds], a2) if seeds else []
+            seed_values = [state_values[state_index[id(v)]] for v in seeds]
+            # The recompute's input, weights and dropout seeds are released only once the
+            # gradients w.r.t. the block's output exist. Otherwise XLA finds recomputes equal
+            # to forward computations (the first blocks read stored inputs, or zeros) and
+            # keeps the forward's results until the end of the backward pass instead, and
+            # computes the weights' transposed copies for the backward convolutions of all
+            # blocks at once.
+            a2, *tied = after([a2] + block_values + seed_values, block_output_grads[0])
+            block_values, tied = tied[: len(block_values)], tied[len(block_values) :]
 
             def residual(a2, values):
                 # Every variable mapped (a nested scope does not fall back to the outer

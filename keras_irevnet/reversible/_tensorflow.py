@@ -7,7 +7,8 @@ from keras_irevnet.reversible import _walk
 
 
 def _residual_vjp(seed_variables, seed_values, training):
-    def residual_vjp(block, a2):
+    def residual_vjp(block, a2, block_output_grads):
+        del block_output_grads  # the graph's order comes from _barrier
         with tf.GradientTape() as tape:
             tape.watch(a2)
             with _walk.replay_scope(seed_variables, seed_values):

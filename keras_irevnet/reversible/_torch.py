@@ -52,7 +52,8 @@ class _Chain:
                 torch.cuda.set_rng_state(cuda)
             yield
 
-    def residual_vjp(self, block, a2):
+    def residual_vjp(self, block, a2, block_output_grads):
+        del block_output_grads  # eager: runs in the order it is called
         # Runs inside backward(), where autograd is off by default: switch it on locally.
         a2 = a2.detach().requires_grad_(True)
         params = _walk.raw_values(block.trainable_variables)

@@ -61,7 +61,9 @@ def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=N
         blocks: the blocks `forward` ran.
         outputs: the pair `forward` returned.
         output_grads: the gradients of the loss w.r.t. that pair.
-        residual_vjp: `(block, a2) -> (F(a2), vjp)`, see `AdditiveCoupling.coupling_backward`.
+        residual_vjp: `(block, a2, block_output_grads) -> (F(a2), vjp)`, see
+            `AdditiveCoupling.coupling_backward`; `block_output_grads` (the gradients w.r.t.
+            the block's output) are there to order the recompute after them (JAX).
         checkpoints: the stored inputs `forward` returned; they replace the reconstruction.
         barrier: optional `tensors -> tensors` applied to each block's results (input pair,
             gradients, weight gradients) before the walk goes on; a compiler may not move
@@ -79,7 +81,7 @@ def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=N
     for i in reversed(range(len(blocks))):
         block = blocks[i]
         x, grads, block_grads = block.coupling_backward(
-            x, grads, lambda a2, block=block: residual_vjp(block, a2)
+            x, grads, lambda a2, block=block, grads=grads: residual_vjp(block, a2, grads)
         )
         if i in checkpoints:
             x = checkpoints.pop(i)
