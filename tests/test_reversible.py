@@ -508,8 +508,12 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
         gradient = tensorflow_loss_gradient(model, keras.losses.SparseCategoricalCrossentropy())
         x, y = np.ones((64, 16, 16, 3), "float32"), np.arange(64) % 10
         gradient(x, y)
-        measured = tensorflow_step_bytes(lambda: gradient(x, y))
-        return measured["peak_tensor_bytes"] - weight_gradient_bytes(model)
+        # The least of five calls: TensorFlow runs independent operations in no fixed
+        # order, and in some calls one more buffer (here 256 KB) is alive at the peak.
+        peak = min(
+            tensorflow_step_bytes(lambda: gradient(x, y))["peak_tensor_bytes"] for _ in range(5)
+        )
+        return peak - weight_gradient_bytes(model)
 
     shallow, deep = activation_bytes(True, 4), activation_bytes(True, 16)
     plain_deep = activation_bytes(False, 16)
