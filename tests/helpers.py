@@ -108,6 +108,15 @@ def compiled_jax_gradient(model, batch):
     return compiled.lower(trainable, x).compile()
 
 
+def no_autograd():
+    """torch's `no_grad()` on torch (Keras' predict runs so); elsewhere nothing."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def float64_mode():
     """JAX computes float64 only in its 64-bit mode (float32 otherwise); the other backends

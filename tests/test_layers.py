@@ -14,7 +14,7 @@ from keras_irevnet.layers import (
     split_channels,
 )
 from keras_irevnet.models import BlockStack
-from tests.helpers import photos, preprocessed_photos, relative_error, to_numpy
+from tests.helpers import no_autograd, photos, preprocessed_photos, relative_error, to_numpy
 from tests.layer_harness import TOLERANCE, run_invertible_layer_test
 
 
@@ -342,6 +342,40 @@ def test_batch_normalization_relu_of_call_is_relu_of_keras_layer():
         )
 
 
+def test_batch_normalization_inference_follows_every_change_of_its_weights():
+    # On torch the inference scale and shift are kept while gamma, beta and the moving
+    # statistics are unchanged: an assignment or a training step must show in the next call.
+    x = preprocessed_photos(32, 4)
+    ours, keras_own = _batch_norm_pair(
+        x, gamma=[0.5, 1.0, 2.0], moving_mean=[0.2, -0.1, 0.0], moving_variance=[0.5, 2.0, 1.0]
+    )
+
+    def assert_same():
+        # torch keeps them only outside autograd, as in Keras' predict.
+        with no_autograd():
+            for _ in range(2):  # the second call may reuse what the first computed
+                np.testing.assert_allclose(
+                    to_numpy(ours(x, training=False)),
+                    to_numpy(keras_own(x, training=False)),
+                    rtol=1e-5,
+                    atol=1e-5,
+                )
+
+    assert_same()
+    for name, value in (
+        ("gamma", [1.5, 0.25, 1.0]),
+        ("beta", [0.0, 0.4, -0.3]),
+        ("moving_mean", [0.5, 0.5, -0.5]),
+        ("moving_variance", [1.0, 0.25, 4.0]),
+    ):
+        for layer in (ours, keras_own):
+            getattr(layer, name).assign(np.asarray(value, "float32"))
+        assert_same()
+    ours(x, training=True)  # updates the moving statistics
+    keras_own(x, training=True)
+    assert_same()
+
+
 def test_batch_normalization_weight_gradients_match_keras():
     # The fused kernels (TensorFlow and torch training) compute gamma's and beta's gradients
     # themselves: one SGD step (learning rate 1, so the change is the gradient) must move
@@ -384,11 +418,11 @@ def test_conv2d_keeps_a_converted_kernel_only_once_it_is_reused():
     cache = ours._torch_kernel_cache
     with torch.no_grad():
         np.testing.assert_array_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
-        assert cache.converted is None  # seen once: not kept
+        assert cache.result is None  # seen once: not kept
         ours(x)
-        assert cache.converted is not None  # seen twice unchanged: kept for inference
+        assert cache.result is not None  # seen twice unchanged: kept for inference
         kernel = np.random.RandomState(0).randn(*ours.kernel.shape).astype("float32")
         ours.kernel.assign(kernel)
         keras_own.kernel.assign(kernel)
         np.testing.assert_array_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
-        assert cache.converted is None
+        assert cache.result is None

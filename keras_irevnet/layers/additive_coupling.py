@@ -12,6 +12,7 @@ import collections
 import keras
 from keras import ops
 
+from keras_irevnet.layers import direct_call
 from keras_irevnet.layers.channels import merge_channels, split_channels, split_shape
 from keras_irevnet.layers.fusion_boundary import fusion_boundary
 from keras_irevnet.layers.injective_padding import InjectivePadding
@@ -190,18 +191,23 @@ class AdditiveCoupling(InvertibleLayer):
         # Reversible backprop walks the blocks itself and does not need the boundary.
         return fusion_boundary(self.coupling_forward(inputs, training=training))
 
+    def residual_call(self, a2, training=None):
+        """F(a2): `self.residual(a2, training=training)`, without Keras' per-call bookkeeping
+        where it changes nothing (see `keras_irevnet.layers.direct_call`)."""
+        return direct_call.call(self.residual, a2, training=training)
+
     # Not `forward` / `backward`: on the torch backend a Keras layer is a torch Module, whose
     # `forward` Keras itself defines.
     def coupling_forward(self, inputs, training=None):
         """(x1, x2) -> (S(a2), S(a1) + F(a2)) with (a1, a2) the padded input, halves in their
         own dtype. This is `call`; reversible backprop calls it directly."""
         a1, a2 = self._pad(*inputs)
-        f = self.residual(a2, training=training)
+        f = self.residual_call(a2, training=training)
         return self._fold(a2), ops.cast(f, a1.dtype) + self._fold(a1)
 
     def inverse(self, outputs):
         """(S(x2), y1) -> (x1, x2), with F in inference mode."""
-        a1, a2, _ = self._reconstruct(outputs, lambda a: self.residual(a, training=False))
+        a1, a2, _ = self._reconstruct(outputs, lambda a: self.residual_call(a, training=False))
         return self._unpad(a1, a2)
 
     def coupling_backward(self, outputs, output_grads, residual_vjp):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_irevnet.layers import direct_call
 from keras_irevnet.layers.batch_normalization import BatchNormalization
 from keras_irevnet.layers.convolution import Conv2D
 from keras_irevnet.layers.initializers import torch_kernel_initializer
@@ -13,7 +14,7 @@ BN_EPSILON = 1e-5
 
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
-class Bottleneck(keras.layers.Layer):
+class Bottleneck(direct_call.DirectlyCallable, keras.layers.Layer):
     """[BN -> ReLU ->] Conv3x3(stride) -> BN -> ReLU -> Conv3x3 -> Dropout -> BN -> ReLU -> Conv3x3.
 
     The order of the authors' code. All convolutions are 3x3 without bias; the hidden width is

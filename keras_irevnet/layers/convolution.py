@@ -2,40 +2,7 @@
 
 import keras
 
-from keras_irevnet import _compat
-
-
-class _TorchKernelCache:
-    """The kernel converted to torch's layout, kept once it is used twice unchanged."""
-
-    def __init__(self):
-        self.source = None
-        self.version = None
-        self.converted = None
-
-    def get(self, kernel):
-        import torch
-
-        # Keras kernels are (kh, kw, in, out); torch's oneDNN convolution wants
-        # (out, in, kh, kw) in its channels_last memory format (out, kh, kw, in). Reordering
-        # a permuted view costs more than the convolution itself for the ImageNet model's
-        # widest layers (benchmarks/results/optimisations.md). Without autograd
-        # (inference), reuse the reordered copy until the variable changes: in-place
-        # updates (optimizer steps, `assign`) bump torch's version counter, and holding
-        # `source` keeps a replaced tensor from being mistaken for the old one.
-        view = kernel.permute(3, 2, 0, 1)
-        if torch.is_grad_enabled() and kernel.requires_grad:
-            return view
-        version = _compat.torch_version_counter(kernel)
-        if self.source is not kernel or self.version != version:
-            # A version seen for the first time is not kept: reversible training runs its
-            # forward pass without autograd once per step, and a copy of every kernel held
-            # from one step to the next would be memory growing with depth for nothing.
-            self.source, self.version, self.converted = kernel, version, None
-            return view.contiguous(memory_format=torch.channels_last)
-        if self.converted is None:
-            self.converted = view.contiguous(memory_format=torch.channels_last)
-        return self.converted
+from keras_irevnet.layers import torch_fast_path
 
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
@@ -58,7 +25,7 @@ class Conv2D(keras.layers.Conv2D):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._torch_kernel_cache = _TorchKernelCache()
+        self._torch_kernel_cache = torch_fast_path.UnchangedTensorCache()
 
     def convolution_op(self, inputs, kernel):
         padding = self._torch_padding()
@@ -72,10 +39,25 @@ class Conv2D(keras.layers.Conv2D):
             # of Relational" in `fit`); Keras' path compiles.
             return super().convolution_op(inputs, kernel)
 
-        x = keras.ops.convert_to_tensor(inputs).permute(0, 3, 1, 2)
-        k = self._torch_kernel_cache.get(keras.ops.convert_to_tensor(kernel))
+        x = torch_fast_path.torch_tensor(inputs).permute(0, 3, 1, 2)
+        k = self._torch_kernel(torch_fast_path.torch_tensor(kernel))
         y = torch.nn.functional.conv2d(x, k, stride=tuple(self.strides), padding=padding)
         return y.permute(0, 2, 3, 1)
+
+    def _torch_kernel(self, kernel):
+        import torch
+
+        # Keras kernels are (kh, kw, in, out); torch's oneDNN convolution wants
+        # (out, in, kh, kw) in its channels_last memory format (out, kh, kw, in). Reordering
+        # a permuted view costs more than the convolution itself for the ImageNet model's
+        # widest layers (benchmarks/results/optimisations.md): without autograd
+        # (inference), the reordered copy is reused while the variable is unchanged.
+        view = kernel.permute(3, 2, 0, 1)
+        if torch_fast_path.needs_autograd(kernel):
+            return view
+        return self._torch_kernel_cache.get(
+            (kernel,), lambda k: view.contiguous(memory_format=torch.channels_last)
+        )
 
     def _torch_padding(self):
         if (

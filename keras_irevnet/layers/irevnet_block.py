@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_irevnet.layers import direct_call
 from keras_irevnet.layers.additive_coupling import AdditiveCoupling, block_padding
 from keras_irevnet.layers.bottleneck import Bottleneck
 from keras_irevnet.layers.invertible import InvertibleLayer
@@ -10,7 +11,7 @@ __all__ = ["IRevNetBlock", "block_padding"]
 
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
-class IRevNetBlock(AdditiveCoupling):
+class IRevNetBlock(direct_call.DirectlyCallable, AdditiveCoupling):
     """(x1, x2) -> (x2', F(x2) + psi(x1)): one i-RevNet block, with its exact inverse.
 
     Exactly the block of the authors' code (docs/reference.md, "The block"): an

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_irevnet import _compat
+from keras_irevnet.layers import direct_call
 from keras_irevnet.layers.additive_coupling import final, walk
 from keras_irevnet.layers.channels import merge_channels, split_channels, split_shape
 from keras_irevnet.layers.invertible import InvertibleLayer
@@ -76,15 +77,11 @@ class BlockStack(InvertibleLayer):
         The one place that runs split -> blocks; `call`, `IRevNet.block_outputs` and the
         analyses are built on it. Works on eager, traced and symbolic (`keras.Input`) tensors.
         """
-        # Each block's `call` directly where its `__call__` would only add Keras' per-call
-        # bookkeeping (about 5 % of torch's eager CIFAR inference): on tensors, not on the
-        # functional API's symbolic ones, and where no mixed policy asks `__call__` to cast.
-        direct = self.compute_dtype == self.variable_dtype
 
+        # Each block's `call` directly where its `__call__` would only add Keras' per-call
+        # bookkeeping (about 5 % of torch's eager CIFAR inference).
         def step(block, pair):
-            if direct and block.built and not isinstance(pair[0], keras.KerasTensor):
-                return block.call(pair, training=training)
-            return block(pair, training=training)
+            return direct_call.call(block, pair, training=training)
 
         yield from walk(self.blocks, split_channels(inputs), step)
 

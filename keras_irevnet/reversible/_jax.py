@@ -89,7 +89,7 @@ def reversible_blocks(blocks, inputs, training):
                 replaced = mapping(weight_values, state_values)
                 replaced += list(zip(block_weights, values)) + list(zip(seeds, tied))
                 with _walk.replay_scope((), (), replaced):
-                    return block.residual(a2, training=training)
+                    return block.residual_call(a2, training=training)
 
             fa2, pullback = jax.vjp(residual, a2, block_values)
 

@@ -12,7 +12,7 @@ def _residual_vjp(seed_variables, seed_values, training):
         with tf.GradientTape() as tape:
             tape.watch(a2)
             with _walk.replay_scope(seed_variables, seed_values):
-                fa2 = block.residual(a2, training=training)
+                fa2 = block.residual_call(a2, training=training)
         # The trainable tf.Variables F read (the tape watches those automatically): the same
         # objects TensorFlow lists in the `variables` of the gradient function.
         weights = list(tape.watched_variables())

@@ -64,7 +64,7 @@ class _Chain:
             self.replayed_rng(block),
             _walk.replay_scope(seeds, values),
         ):
-            fa2 = block.residual(a2, training=self.training)
+            fa2 = block.residual_call(a2, training=self.training)
 
         def vjp(cotangent):
             grads = torch.autograd.grad(fa2, [a2] + params, cotangent, allow_unused=True)
