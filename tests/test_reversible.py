@@ -458,22 +458,31 @@ def test_torch_saves_only_the_output_for_backward():
     assert plain > 16 * efficient, (efficient, plain)
 
 
+def _dropout_classifier(blocks, memory_efficient):
+    """The narrow stack with dropout and a 10-class head: what the step-memory tests train."""
+    return helpers.narrow_stack(
+        blocks,
+        include_top=True,
+        classes=10,
+        classifier_activation="softmax",
+        memory_efficient=memory_efficient,
+        dropout=0.1,
+    )
+
+
+def _classifier_batch():
+    return np.ones((64, 16, 16, 3), "float32"), np.arange(64) % 10
+
+
 def test_torch_step_memory_is_flat_in_depth():
     if BACKEND != "torch":
         pytest.skip("measured with torch's profiler")
     from benchmarks.allocations import torch_step_bytes
 
     def activation_bytes(memory_efficient, blocks):
-        model = helpers.narrow_stack(
-            blocks,
-            include_top=True,
-            classes=10,
-            classifier_activation="softmax",
-            memory_efficient=memory_efficient,
-            dropout=0.1,
-        )
+        model = _dropout_classifier(blocks, memory_efficient)
         model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-        x, y = np.ones((64, 16, 16, 3), "float32"), np.arange(64) % 10
+        x, y = _classifier_batch()
         model.train_on_batch(x, y)
         measured = torch_step_bytes(lambda: model.train_on_batch(x, y))
         # What the step leaves allocated (weight gradients) grows with the weights.
@@ -497,16 +506,9 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
     )
 
     def activation_bytes(memory_efficient, blocks):
-        model = helpers.narrow_stack(
-            blocks,
-            include_top=True,
-            classes=10,
-            classifier_activation="softmax",
-            memory_efficient=memory_efficient,
-            dropout=0.1,
-        )
+        model = _dropout_classifier(blocks, memory_efficient)
         gradient = tensorflow_loss_gradient(model, keras.losses.SparseCategoricalCrossentropy())
-        x, y = np.ones((64, 16, 16, 3), "float32"), np.arange(64) % 10
+        x, y = _classifier_batch()
         gradient(x, y)
         # The least of five calls: TensorFlow runs independent operations in no fixed
         # order, and in some calls one more buffer (here 256 KB) is alive at the peak.

@@ -52,11 +52,10 @@ class Conv2D(keras.layers.Conv2D):
         # a permuted view costs more than the convolution itself for the ImageNet model's
         # widest layers (benchmarks/results/optimisations.md): without autograd
         # (inference), the reordered copy is reused while the variable is unchanged.
-        view = kernel.permute(3, 2, 0, 1)
         if torch_fast_path.needs_autograd(kernel):
-            return view
+            return kernel.permute(3, 2, 0, 1)
         return self._torch_kernel_cache.get(
-            (kernel,), lambda k: view.contiguous(memory_format=torch.channels_last)
+            (kernel,), lambda k: k.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
         )
 
     def _torch_padding(self):
