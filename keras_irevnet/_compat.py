@@ -62,11 +62,10 @@ def tensorflow_in_xla_context():
 def torch_version_counter(tensor):
     """torch's in-place modification counter of `tensor` (it grows at every in-place write).
 
-    The layers' torch fast paths keep tensors derived from weights (a kernel reordered for
-    torch's convolution, BatchNorm's inference scale and shift) while the weights are
-    unchanged (`keras_irevnet.layers.torch_fast_path`); optimizer steps and `assign` write in
-    place, and this counter is how torch itself (autograd's saved-tensor checks) notices
-    such writes.
+    The layers' torch fast paths keep tensors derived from weights (BatchNorm's inference
+    scale and shift) while the weights are unchanged (`keras_irevnet.layers.torch_fast_path`);
+    optimizer steps and `assign` write in place, and this counter is how torch itself
+    (autograd's saved-tensor checks) notices such writes.
     """
     return tensor._version
 

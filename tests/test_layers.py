@@ -400,29 +400,52 @@ def test_batch_normalization_weight_gradients_match_keras():
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch-only kernel cache")
-def test_conv2d_keeps_a_converted_kernel_only_once_it_is_reused():
-    # Reversible training runs each forward pass without autograd, with weights that change
-    # every step: a kernel copy kept from such a pass would only cost memory. Inference
-    # reuses it; a changed kernel is converted again.
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch memory layout")
+def test_conv2d_kernel_stays_in_torch_convolution_layout(tmp_path):
+    # On torch the kernel's memory is laid out as the convolution takes it (a permuted view,
+    # no copy of the kernel or of its gradient per step). The layout must survive what
+    # writes into a variable: training with a momentum optimizer, assign, loading weights;
+    # and the layer must still compute what Keras' Conv2D computes after each.
     import torch
 
     from keras_irevnet.layers import Conv2D
 
+    def in_convolution_layout(layer):
+        kernel = layer.kernel.value.permute(3, 2, 0, 1)
+        return kernel.is_contiguous(memory_format=torch.channels_last)
+
     x = preprocessed_photos(16, 2)
-    ours = Conv2D(4, 3, padding="same", use_bias=False)
-    keras_own = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
-    ours.build(x.shape)
-    keras_own.build(x.shape)
+    ours = keras.Sequential([keras.Input(x.shape[1:]), Conv2D(4, 3, padding="same")])
+    keras_own = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.Conv2D(4, 3, padding="same")]
+    )
     keras_own.set_weights(ours.get_weights())
-    cache = ours._torch_kernel_cache
-    with torch.no_grad():
+    assert in_convolution_layout(ours.layers[0])
+    assert not in_convolution_layout(keras_own.layers[0])  # the check can tell
+
+    def assert_same_outputs():
         np.testing.assert_array_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
-        assert cache.result is None  # seen once: not kept
-        ours(x)
-        assert cache.result is not None  # seen twice unchanged: kept for inference
-        kernel = np.random.RandomState(0).randn(*ours.kernel.shape).astype("float32")
-        ours.kernel.assign(kernel)
-        keras_own.kernel.assign(kernel)
-        np.testing.assert_array_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
-        assert cache.result is None
+
+    assert_same_outputs()
+    target = np.sin(to_numpy(keras_own(x)))
+    for model in (ours, keras_own):
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+        model.fit(x, target, epochs=3, verbose=0)
+    assert in_convolution_layout(ours.layers[0])
+    np.testing.assert_allclose(
+        to_numpy(ours.layers[0].kernel), to_numpy(keras_own.layers[0].kernel), atol=1e-5
+    )
+
+    kernel = np.random.RandomState(0).randn(3, 3, 3, 4).astype("float32")
+    for model in (ours, keras_own):
+        model.layers[0].kernel.assign(kernel)
+    assert in_convolution_layout(ours.layers[0])
+    assert_same_outputs()
+
+    path = str(tmp_path / "conv.weights.h5")
+    keras_own.save_weights(path)
+    ours.layers[0].kernel.assign(np.zeros_like(kernel))
+    ours.load_weights(path)
+    assert in_convolution_layout(ours.layers[0])
+    assert_same_outputs()
+    np.testing.assert_array_equal(ours.get_weights()[0], kernel)  # get_weights: Keras' shape

@@ -2,8 +2,8 @@
 tensors derived from weights, kept while the weights are unchanged.
 
 On torch every operation runs eagerly from Python, so per-call work that is not arithmetic
-(Keras' `convert_to_tensor` checks, about 10 us each; reordering a kernel; the scale and
-shift of an inference-mode BatchNorm) is paid on every call of every layer: hundreds of
+(Keras' `convert_to_tensor` checks, about 10 us each; the scale and shift of an
+inference-mode BatchNorm) is paid on every call of every layer: hundreds of
 times per batch of the ImageNet model.
 """
 
@@ -36,8 +36,8 @@ class UnchangedTensorCache:
     In-place writes (optimizer steps, `assign`) bump torch's version counter of a tensor;
     holding the sources keeps a replaced tensor from being mistaken for the old one. A
     result computed for the first time is not kept: reversible training runs its forward
-    pass without autograd once per step, and a copy of every kernel held from one step to
-    the next would be memory growing with depth for nothing.
+    pass without autograd once per step, with weights that change every step, and a result
+    held from one step to the next would be memory growing with depth for nothing.
     """
 
     def __init__(self):
