@@ -449,3 +449,56 @@ def test_conv2d_kernel_stays_in_torch_convolution_layout(tmp_path):
     assert in_convolution_layout(ours.layers[0])
     assert_same_outputs()
     np.testing.assert_array_equal(ours.get_weights()[0], kernel)  # get_weights: Keras' shape
+
+
+# --- Dropout ------------------------------------------------------------------------------------
+
+
+def test_dropout_drops_at_its_rate_and_rescales_the_rest():
+    # On torch an unseeded layer draws its own mask (a cheaper draw than Keras'); on every
+    # backend the result must be Keras' dropout: each element zero with probability `rate`,
+    # the others divided by 1 - rate, and nothing changed in inference.
+    from keras_irevnet.layers import Dropout
+
+    rate = 0.3
+    x = np.abs(preprocessed_photos(128, 4)) + 0.5  # no exact zeros of its own
+    layer = Dropout(rate)
+    y = to_numpy(layer(x, training=True))
+    dropped = y == 0
+    n = dropped.size
+    assert abs(dropped.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+    np.testing.assert_allclose(y[~dropped], x[~dropped] / (1 - rate), rtol=1e-6)
+    # Each channel and position is dropped independently (no shared noise shape).
+    assert 0 < dropped[..., 0].mean() < 1 and 0 < dropped[0].mean() < 1
+    np.testing.assert_array_equal(to_numpy(layer(x, training=False)), x)
+    assert not np.array_equal(to_numpy(layer(x, training=True)) == 0, dropped)  # a new mask
+
+
+def test_seeded_dropout_is_keras_dropout():
+    from keras_irevnet.layers import Dropout
+
+    x = preprocessed_photos(32, 2)
+    ours, keras_own = Dropout(0.4, seed=7), keras.layers.Dropout(0.4, seed=7)
+    np.testing.assert_array_equal(
+        to_numpy(ours(x, training=True)), to_numpy(keras_own(x, training=True))
+    )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's global generator")
+def test_torch_dropout_mask_follows_the_global_generator_and_its_gradient():
+    # Reversible backprop replays a block's dropout mask by restoring torch's generator
+    # state (as torch.utils.checkpoint does): the mask must come from that generator.
+    import torch
+
+    from keras_irevnet.layers import Dropout
+
+    layer = Dropout(0.25)
+    x = torch.tensor(preprocessed_photos(32, 2), requires_grad=True)
+    state = torch.get_rng_state()
+    y = layer(x, training=True)
+    torch.set_rng_state(state)
+    again = layer(x, training=True)
+    torch.testing.assert_close(again, y, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    kept = (y != 0).to(y.dtype)
+    torch.testing.assert_close(grad, kept / 0.75)

@@ -6,6 +6,7 @@ from keras_irevnet.layers.batch_normalization import BatchNormalization
 from keras_irevnet.layers.bottleneck import Bottleneck
 from keras_irevnet.layers.channels import merge_channels, split_channels
 from keras_irevnet.layers.convolution import Conv2D
+from keras_irevnet.layers.dropout import Dropout
 from keras_irevnet.layers.injective_padding import InjectivePadding
 from keras_irevnet.layers.invertible import InvertibleLayer
 from keras_irevnet.layers.invertible_downsampling import InvertibleDownsampling
@@ -16,6 +17,7 @@ __all__ = [
     "BatchNormalization",
     "Bottleneck",
     "Conv2D",
+    "Dropout",
     "IRevNetBlock",
     "InjectivePadding",
     "InvertibleDownsampling",

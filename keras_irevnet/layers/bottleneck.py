@@ -6,6 +6,7 @@ from keras import ops
 from keras_irevnet.layers import direct_call
 from keras_irevnet.layers.batch_normalization import BatchNormalization
 from keras_irevnet.layers.convolution import Conv2D
+from keras_irevnet.layers.dropout import Dropout
 from keras_irevnet.layers.initializers import torch_kernel_initializer
 
 # The reference's BatchNorm: PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
@@ -64,7 +65,7 @@ class Bottleneck(direct_call.DirectlyCallable, keras.layers.Layer):
         self.conv1 = conv(hidden, strides)
         self.norm1 = batch_norm()
         self.conv2 = conv(hidden)
-        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.drop = Dropout(dropout, dtype=self.dtype_policy)
         self.norm2 = batch_norm()
         self.conv3 = conv(filters)
 
