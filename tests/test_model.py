@@ -200,10 +200,9 @@ def _digits(size=16):
     return (images - 0.3) / 0.4, digits.target.astype("int32")
 
 
-def test_fit_lowers_loss_and_model_still_inverts():
-    x, y = _digits()
-    x, y = x[:512], y[:512]
-    model = kir.IRevNet(
+def digits_model():
+    """A two-stage model for `_digits` (16x16 grey images, 10 classes), logits out."""
+    return kir.IRevNet(
         blocks=(1, 1),
         strides=(1, 2),
         channels=(8, 32),
@@ -212,6 +211,12 @@ def test_fit_lowers_loss_and_model_still_inverts():
         classes=10,
         classifier_activation=None,
     )
+
+
+def test_fit_lowers_loss_and_model_still_inverts():
+    x, y = _digits()
+    x, y = x[:512], y[:512]
+    model = digits_model()
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -221,6 +226,48 @@ def test_fit_lowers_loss_and_model_still_inverts():
     after = model.evaluate(x, y, verbose=0)
     assert after < 0.5 * before, (before, after)
     assert relative_error(model.inverse(model.features(x[:32])), x[:32]) <= 1e-5
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch memory layouts")
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_optimizer_slots_follow_the_kernel_layout_without_changing_training(optimizer):
+    # On torch the convolution kernels are laid out for torch's convolution, and the model
+    # gives the optimizer's slots of each kernel the same layout before training. Training
+    # must be the same whatever the slots' layout: a twin whose slots are put back in
+    # Keras' layout after the first epoch ends with the same weights.
+    import torch
+
+    from keras_irevnet.layers.convolution import in_torch_kernel_layout
+
+    x, y = _digits()
+    x, y = x[:64], y[:64]
+
+    def trained_twin(contiguous_slots_after_first_epoch):
+        model = digits_model()
+        model.set_weights(reference_weights)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05, momentum=0.9)
+            if optimizer == "sgd_momentum"
+            else keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        slots = [v.value for v in model.optimizer.variables if v.value.dim() == 4]
+        assert slots and all(in_torch_kernel_layout(s) for s in slots)
+        if contiguous_slots_after_first_epoch:
+            with torch.no_grad():
+                for slot in slots:
+                    values = slot.contiguous()
+                    slot.set_(values.untyped_storage(), 0, values.shape, values.stride())
+            assert not any(in_torch_kernel_layout(s) for s in slots)
+            model._optimizer_layout_key = (id(model.optimizer), len(model.optimizer.variables))
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        assert all(in_torch_kernel_layout(s) != contiguous_slots_after_first_epoch for s in slots)
+        return model.get_weights()
+
+    reference_weights = digits_model().get_weights()
+    for ours, twin in zip(trained_twin(False), trained_twin(True)):
+        np.testing.assert_allclose(ours, twin, rtol=1e-5, atol=1e-6)
 
 
 # --- errors: raised at construction where possible, saying what fits -----------------------
