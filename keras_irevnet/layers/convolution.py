@@ -102,7 +102,7 @@ def match_optimizer_layouts(optimizer, variables):
         if in_torch_kernel_layout(value) or not any(slot.name.startswith(p) for p in candidates):
             continue
         with torch.no_grad():
-            laid_out = value.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
+            laid_out = _in_torch_kernel_layout_copy(value)
             value.set_(laid_out.untyped_storage(), 0, laid_out.shape, laid_out.stride())
 
 
@@ -121,4 +121,9 @@ class _TorchChannelsLastKernel:
         value = keras.ops.convert_to_tensor(self.initializer(shape, dtype=dtype), dtype=dtype)
         if len(value.shape) != 4:
             return value
-        return value.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
+        return _in_torch_kernel_layout_copy(value)
+
+
+def _in_torch_kernel_layout_copy(tensor):
+    """A copy of a (kh, kw, in, out) torch tensor, same shape, laid out as (out, kh, kw, in)."""
+    return tensor.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
