@@ -144,3 +144,11 @@ def jax_trainer_compiler_options(compiler_options):
         yield
     finally:
         trainer.jit = original
+
+
+def in_stateless_scope():
+    """Whether a `keras.StatelessScope` is active (variable writes are then recorded in it,
+    not made): Keras exposes the scope but not this test."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as active
+
+    return active()

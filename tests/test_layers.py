@@ -502,3 +502,29 @@ def test_torch_dropout_mask_follows_the_global_generator_and_its_gradient():
     (grad,) = torch.autograd.grad(y.sum(), x)
     kept = (y != 0).to(y.dtype)
     torch.testing.assert_close(grad, kept / 0.75)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_normalization_frozen_statistics_normalise_but_do_not_update(dtype, float64_enabled):
+    # Reversible backprop recomputes F inside `frozen_moving_statistics`: the same batch
+    # normalisation as the forward pass, without a second update of the moving statistics.
+    from keras_irevnet.layers import BatchNormalization
+    from keras_irevnet.layers.batch_normalization import frozen_moving_statistics
+
+    if dtype == "float32" and keras.backend.backend() == "jax":
+        pytest.skip("Keras' own BatchNorm path (float32 on JAX) updates in any case")
+    x = preprocessed_photos(16, 4, dtype=dtype)
+    layer = BatchNormalization(epsilon=1e-5, dtype=dtype)
+    layer.build(x.shape)
+
+    def statistics():
+        return [to_numpy(v).copy() for v in (layer.moving_mean, layer.moving_variance)]
+
+    initial = statistics()
+    with frozen_moving_statistics():
+        frozen = to_numpy(layer(x, training=True))
+    for before, after in zip(initial, statistics()):
+        np.testing.assert_array_equal(after, before)
+    updated = to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(frozen, updated, rtol=1e-6, atol=1e-6)
+    assert all(np.abs(a - b).max() > 1e-3 for a, b in zip(statistics(), initial))

@@ -88,7 +88,7 @@ def reversible_blocks(blocks, inputs, training):
                 # BatchNorm's second update of the moving statistics is dropped with the scope.
                 replaced = mapping(weight_values, state_values)
                 replaced += list(zip(block_weights, values)) + list(zip(seeds, tied))
-                with _walk.replay_scope((), (), replaced):
+                with _walk.recompute_scope((), (), replaced):
                     return block.residual_call(a2, training=training)
 
             fa2, pullback = jax.vjp(residual, a2, block_values)

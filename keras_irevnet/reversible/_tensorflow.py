@@ -11,7 +11,7 @@ def _residual_vjp(seed_variables, seed_values, training):
         del block_output_grads  # the graph's order comes from _barrier
         with tf.GradientTape() as tape:
             tape.watch(a2)
-            with _walk.replay_scope(seed_variables, seed_values):
+            with _walk.recompute_scope(seed_variables, seed_values):
                 fa2 = block.residual_call(a2, training=training)
         # The trainable tf.Variables F read (the tape watches those automatically): the same
         # objects TensorFlow lists in the `variables` of the gradient function.

@@ -69,7 +69,7 @@ class _Chain:
         with (
             torch.enable_grad(),
             self.replayed_rng(block),
-            _walk.replay_scope(seeds, values),
+            _walk.recompute_scope(seeds, values),
         ):
             fa2 = block.residual_call(a2, training=self.training)
 

@@ -8,9 +8,12 @@ used (`keras_irevnet.layers.AdditiveCoupling`: `coupling_forward`, `coupling_bac
 so any stack of additive couplings runs here, whatever its F.
 """
 
+import contextlib
+
 import keras
 
 from keras_irevnet.layers.additive_coupling import final, walk
+from keras_irevnet.layers.batch_normalization import frozen_moving_statistics
 
 
 def checkpoint_indices(blocks):
@@ -148,3 +151,11 @@ def replay_scope(seed_variables, seed_values, extra_mapping=()):
     """
     mapping = list(zip(seed_variables, seed_values)) + list(extra_mapping)
     return keras.StatelessScope(state_mapping=mapping)
+
+
+@contextlib.contextmanager
+def recompute_scope(seed_variables, seed_values, extra_mapping=()):
+    """`replay_scope` for recomputing F in the backward walk, where BatchNorm also skips
+    computing the update of its moving statistics that the scope would discard."""
+    with replay_scope(seed_variables, seed_values, extra_mapping), frozen_moving_statistics():
+        yield
