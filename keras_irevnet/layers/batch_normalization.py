@@ -74,13 +74,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             rank = len(inputs.shape)
             axes = [i for i in range(rank) if i != self.axis % rank]
             mean, variance = ops.moments(inputs, axes, synchronized=self.synchronized)
-            if not getattr(_frozen, "active", False):
-                self.moving_mean.assign(
-                    self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
-                )
-                self.moving_variance.assign(
-                    self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-                )
+            self._update_moving_statistics(mean, variance)
         else:
             mean, variance = self.moving_mean, self.moving_variance
         return ops.batch_normalization(
@@ -135,10 +129,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         scale = gamma * torch.rsqrt(variance + self.epsilon)
         return scale, beta - mean * scale
 
-    def _update_moving_statistics(self, mean, variance, count):
+    def _update_moving_statistics(self, mean, variance, count=None):
+        """Moves the moving statistics towards the batch's `mean` and `variance` (biased; or
+        unbiased over `count` values where `count` is given, as the fused kernels give it)."""
         if getattr(_frozen, "active", False):
             return
-        variance = variance * ((count - 1.0) / count)  # the kernels' variance is unbiased
+        if count is not None:
+            variance = variance * ((count - 1.0) / count)
         if keras.backend.backend() == "torch" and not _compat.in_stateless_scope():
             # One in-place kernel per statistic instead of Keras' four operations and
             # `assign` (about 0.1 ms of Python per call, hundreds of calls per step).
@@ -213,8 +210,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return torch.relu_(y) if relu else y
         x = inputs.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
         # With momentum 1 the kernel writes the batch statistics into these two buffers
-        # (fresh tensors, not the moving statistics: those are updated through Keras, so
-        # that a StatelessScope can capture or discard the update).
+        # (fresh tensors, not the moving statistics: those are updated by
+        # `_update_moving_statistics`, through Keras' `assign` inside a StatelessScope so
+        # that the scope can capture or discard the update).
         mean = torch.zeros_like(gamma)
         variance = torch.ones_like(gamma)
         y = torch.nn.functional.batch_norm(x, mean, variance, gamma, beta, True, 1.0, self.epsilon)

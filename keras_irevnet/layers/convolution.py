@@ -119,8 +119,6 @@ class _TorchChannelsLastKernel:
 
     def __call__(self, shape, dtype=None):
         value = keras.ops.convert_to_tensor(self.initializer(shape, dtype=dtype), dtype=dtype)
-        if len(value.shape) != 4:
-            return value
         return _in_torch_kernel_layout_copy(value)
 
 
