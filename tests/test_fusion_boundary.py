@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_irevnet.layers import additive_coupling
+from keras_irevnet.layers import additive_coupling, batch_normalization
 from keras_irevnet.layers.fusion_boundary import fusion_boundary
 from tests.helpers import compiled_jax_gradient, narrow_stack, to_numpy
 
@@ -71,6 +71,14 @@ def _largest_backward_fusion(blocks):
 @pytest.fixture
 def without_boundary(monkeypatch):
     monkeypatch.setattr(additive_coupling, "fusion_boundary", lambda tensors: tensors)
+    # With Keras' own BatchNorm: keras_irevnet's JAX kernel (a hand-written gradient whose
+    # reductions are matrix products) also ends the elementwise chains, which would hide
+    # what the boundary is for in blocks built of other layers.
+    monkeypatch.setattr(batch_normalization.BatchNormalization, "_fused_kernel", _keras_path)
+
+
+def _keras_path(layer, inputs, training, mask):
+    return None
 
 
 def test_jax_cpu_backward_fusions_do_not_grow_with_depth():

@@ -19,8 +19,8 @@ def frozen_moving_statistics():
 
     For recomputing a forward pass that has already updated them (reversible backprop's
     recompute of F, inside a StatelessScope that discards writes): the update would only be
-    computed to be thrown away. Where the layer takes Keras' own path (JAX and XLA in
-    float32, masks) Keras computes it anyway, and the scope discards it.
+    computed to be thrown away. Where the layer takes Keras' own path (TensorFlow under XLA
+    and JAX off CPU in float32, masks) Keras computes it anyway, and the scope discards it.
     """
     previous = getattr(_frozen, "active", False)
     _frozen.active = True
@@ -46,15 +46,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
     - TensorFlow, training and inference: `FusedBatchNormV3` (and its fused gradient). Not
       under XLA (`jit_compile=True`), whose CPU lowering of the fused op is slower than
       Keras' ops.
+    - JAX on CPU, training: `keras_irevnet.layers.jax_batch_norm`, whose reductions are
+      matrix products and whose gradient is written out; XLA's CPU lowering of Keras' ops
+      and of their derivative is several times slower. Forward-mode autodiff (`jax.jvp`)
+      through a training-mode call is then refused by JAX (a `custom_vjp`); inference-mode
+      calls, which the analyses make, take Keras' path.
     - torch, eager, training: `torch.nn.functional.batch_norm` on the channels-last data
       seen as NCHW (no copy), and its fused gradient. Keras' path is about ten small
       operations per call, each a full pass over the activations. Inference: one
       multiply-add per element (`torch.addcmul`) with the scale and shift from the moving
       statistics.
 
-    Both kernels report the Bessel-corrected batch variance; the moving variance is updated
-    with the biased one, as Keras does. Outputs, gradients and moving statistics agree with
-    Keras' path to float32 rounding (tested). The measurements:
+    TensorFlow's and torch's kernels report the Bessel-corrected batch variance; the moving
+    variance is updated with the biased one, as Keras does. Outputs, gradients and moving
+    statistics agree with Keras' path to float32 rounding (tested). The measurements:
     benchmarks/results/optimisations.md.
 
     Every other case takes Keras' own path unchanged.
@@ -115,6 +120,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         backend = keras.backend.backend()
         if backend == "tensorflow" and not _compat.tensorflow_in_xla_context():
             return self._tensorflow_fused_call
+        if backend == "jax" and training and self.trainable:
+            import jax
+
+            if jax.default_backend() == "cpu":
+                return self._jax_fused_call
         if backend == "torch" and len(inputs.shape) == 4:
             import torch
 
@@ -180,6 +190,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
         self._update_moving_statistics(mean, variance, count)
+        return outputs
+
+    def _jax_fused_call(self, inputs, training, relu=False):
+        from keras_irevnet.layers import jax_batch_norm
+
+        del training  # the kernel is chosen for training calls only
+        outputs, mean, variance = jax_batch_norm.batch_norm_training(
+            inputs, self.gamma.value, self.beta.value, self.epsilon, relu
+        )
+        self._update_moving_statistics(mean, variance)
         return outputs
 
     def _torch_fused_call(self, inputs, training, relu=False):
