@@ -74,19 +74,19 @@ def _forward(x, gamma, beta, epsilon, relu):
     if relu:
         outputs = jnp.maximum(outputs, 0)
     outputs = fusion_boundary.stored(outputs.reshape(x.shape))
-    return (outputs, mean, variance), (x, gamma, mean, inverse_std, outputs)
+    return (outputs, mean, variance), (x, gamma, beta, mean, inverse_std)
 
 
 def _backward(epsilon, relu, residuals, cotangents):
     del epsilon  # inverse_std carries it
-    x, gamma, mean, inverse_std, outputs = residuals
+    x, gamma, beta, mean, inverse_std = residuals
     d_outputs, d_mean, d_variance = cotangents
     channels = x.shape[-1]
     rows = x.reshape(-1, channels)
     count = rows.shape[0]
     d_rows = d_outputs.reshape(-1, channels)
     if relu:
-        d_rows = jnp.where(outputs.reshape(-1, channels) > 0, d_rows, 0)
+        d_rows = jnp.where((rows - mean) * (inverse_std * gamma) + beta > 0, d_rows, 0)
     centred = rows - mean
     normalised = centred * inverse_std
     d_beta = _column_sums(d_rows)
