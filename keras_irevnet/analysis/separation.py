@@ -5,6 +5,8 @@ tensor and averaged over space; then standardized. The classifiers are a 1-neare
 and a linear SVM (scikit-learn), trained on training features, scored on test features.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -80,7 +82,11 @@ def block_features(model, images, blocks=None, batch_size=64, verbose=0):
     extractor = keras.Model(model.inputs, pooled)
     kwargs = {"batch_size": batch_size} if isinstance(images, np.ndarray) else {}
     try:
-        outputs = extractor.predict(images, verbose=verbose, **kwargs)
+        with warnings.catch_warnings():
+            # A finite iterable of batches ends by running out; Keras warns that this
+            # "interrupts training" whenever it does.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            outputs = extractor.predict(images, verbose=verbose, **kwargs)
     except ValueError as error:
         if "empty" in str(error).lower() or "no data" in str(error).lower():
             raise ValueError("block_features: `images` yielded no batches.") from None
