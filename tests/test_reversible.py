@@ -419,13 +419,17 @@ def test_jax_compiled_step_memory_is_flat_in_depth():
         return compiled.memory_analysis().temp_size_in_bytes
 
     shallow, deep, plain_deep = temp_bytes(True, 8), temp_bytes(True, 32), temp_bytes(False, 32)
-    # Measured: 741,528 and 752,280 bytes for 8 and 32 blocks; plain autodiff, 32 blocks:
-    # 7.6 MB. Before each block's recompute waited for its output's gradients, XLA merged
-    # the first blocks' recomputes with their forward computations and kept the results
-    # to the end: 1,059,520 bytes at 32 blocks. Before each block's dropout seeds were tied
-    # to its input, XLA drew every mask at the start of the step and kept it.
+    # Measured: 888,088 bytes at 32 blocks, plain autodiff 7.7 MB (1/8.7). With Keras'
+    # BatchNorm instead of the JAX kernel, 741,528 and 752,280 bytes for 8 and 32 blocks
+    # and 7.6 MB plain: the kernel stores each BatchNorm's output once, which on this
+    # narrow stack adds to the working set of a block (on the CIFAR model at 54 blocks it
+    # is 56 against 60 MiB). Before each block's recompute waited for its output's
+    # gradients, XLA merged the first blocks' recomputes with their forward computations
+    # and kept the results to the end: 1,059,520 bytes at 32 blocks (1/7.2). Before each
+    # block's dropout seeds were tied to its input, XLA drew every mask at the start of the
+    # step and kept it.
     assert deep <= 1.05 * shallow, (shallow, deep)
-    assert deep < plain_deep / 9, (deep, plain_deep)  # was 1/7.2 with merged recomputes
+    assert deep < plain_deep / 8, (deep, plain_deep)
 
 
 def test_torch_saves_only_the_output_for_backward():

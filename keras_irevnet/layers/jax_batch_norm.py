@@ -11,7 +11,7 @@ copies that feed the next convolution's kernel gradient, at a fifth of the speed
 
 BatchNorm + ReLU, forward and backward, alone (one process, `jax.jit`, the models' compile
 options): 64x32x32x4 1.9 -> 0.6 ms, 64x32x32x16 3.9 -> 1.7 ms, 64x8x8x256 6.8 -> 1.3 ms;
-the CIFAR model's training step 1.15x faster (benchmarks/results/optimisations.md).
+the CIFAR model's training step 1.13x faster (benchmarks/results/optimisations.md).
 """
 
 import functools
