@@ -84,11 +84,13 @@ def _backward(epsilon, relu, residuals, cotangents):
     channels = x.shape[-1]
     rows = x.reshape(-1, channels)
     count = rows.shape[0]
-    d_rows = d_outputs.reshape(-1, channels)
-    if relu:
-        d_rows = jnp.where((rows - mean) * (inverse_std * gamma) + beta > 0, d_rows, 0)
     centred = rows - mean
     normalised = centred * inverse_std
+    d_rows = d_outputs.reshape(-1, channels)
+    if relu:
+        # The forward's ReLU mask, recomputed as the forward computes it (keeping the output
+        # made XLA keep it beside the next convolution's transposed copy of it).
+        d_rows = jnp.where(centred * (inverse_std * gamma) + beta > 0, d_rows, 0)
     d_beta = _column_sums(d_rows)
     d_gamma = _column_sums(d_rows * normalised)
     d_x = (gamma * inverse_std) * (d_rows - (d_beta + normalised * d_gamma) / count)
