@@ -522,9 +522,14 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
         return peak - weight_gradient_bytes(model)
 
     shallow, deep = activation_bytes(True, 4), activation_bytes(True, 16)
-    plain_deep = activation_bytes(False, 16)
-    # Measured: 2,860,632 and 2,796,120 bytes at 4 and 16 blocks; plain autodiff 9.6 MB.
-    assert deep <= 1.05 * shallow, (shallow, deep)
+    plain_shallow, plain_deep = activation_bytes(False, 4), activation_bytes(False, 16)
+    # Measured: 2,860,632 and 2,796,120 bytes at 4 and 16 blocks; plain autodiff 3.4 and
+    # 9.6 MB (519 KB more per block). TensorFlow's executor order is not fixed: on a 2-core
+    # CI machine all five calls at 16 blocks once held one more 256 KB buffer at the peak
+    # (3,058,264 bytes, 1.07x). So flat means what the speed-and-memory targets say (deeper
+    # within 1.2x), and the growth per added block stays under a tenth of plain autodiff's.
+    assert deep <= 1.2 * shallow, (shallow, deep)
+    assert deep - shallow < (plain_deep - plain_shallow) / 10, (shallow, deep, plain_deep)
     assert deep < plain_deep / 3, (deep, plain_deep)
 
 
