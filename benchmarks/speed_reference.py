@@ -69,37 +69,71 @@ def matmul_peak_gflops(repeats=5):
     return best
 
 
-def measure(workload):
-    """Yields one result dict per measurement of the reference on `workload`."""
+def measure(workload, device="cpu", precision="float32"):
+    """Yields one result dict per measurement of the reference on `workload`.
+
+    On a GPU each timed call ends with `torch.cuda.synchronize()` (its kernels are queued
+    asynchronously), cuDNN picks its convolution algorithms by timing them
+    (`cudnn.benchmark`, as the authors' training programs set it), and each training result
+    carries the step's peak of allocated bytes. `precision="bfloat16"` runs the forward
+    passes under `torch.autocast` (bfloat16 mixed precision; weights and the loss stay
+    float32).
+    """
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    def synchronized(call):
+        def step():
+            out = call()
+            if cuda:
+                torch.cuda.synchronize()
+            return out
+
+        return step
+
+    autocast = torch.autocast(
+        device_type="cuda" if cuda else "cpu",
+        dtype=torch.bfloat16,
+        enabled=precision == "bfloat16",
+    )
     torch.manual_seed(0)
-    model = reference_model(workload.model)
+    model = reference_model(workload.model).to(device)
     classes = MODELS[workload.model]["classes"]
     weight_decay = 5e-4 if workload.model == "cifar" else 1e-4
     optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=weight_decay)
     size = workload.image_size
-    x = torch.randn(workload.train_batch, 3, size, size)
-    y = torch.randint(0, classes, (workload.train_batch,))
+    x = torch.randn(workload.train_batch, 3, size, size, device=device)
+    y = torch.randint(0, classes, (workload.train_batch,), device=device)
 
     def train_step():
         optimizer.zero_grad()
-        logits, _ = model(x)
-        nn.functional.cross_entropy(logits, y).backward()
+        with autocast:
+            logits, _ = model(x)
+        nn.functional.cross_entropy(logits.float(), y).backward()
         optimizer.step()
 
     model.train()
-    yield _result("train", workload.train_batch, *time_steps(train_step, workload.steps))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = _result(
+        "train", workload.train_batch, *time_steps(synchronized(train_step), workload.steps)
+    )
+    if cuda:
+        result["peak_bytes"] = torch.cuda.max_memory_allocated()
+    yield result
 
     model.eval()
-    x = torch.randn(workload.infer_batch, 3, size, size)
-    with torch.no_grad():
+    x = torch.randn(workload.infer_batch, 3, size, size, device=device)
+    with torch.no_grad(), autocast:
         phi = model.features(x)
-
-        yield _result(
-            "inference", workload.infer_batch, *time_steps(lambda: model(x), workload.steps)
-        )
-        yield _result(
-            "inverse", workload.infer_batch, *time_steps(lambda: model.inverse(phi), workload.steps)
-        )
+        for work, call in (
+            ("inference", lambda: model(x)),
+            ("inverse", lambda: model.inverse(phi)),
+        ):
+            yield _result(
+                work, workload.infer_batch, *time_steps(synchronized(call), workload.steps)
+            )
 
 
 def _result(work, batch, first, seconds):
