@@ -152,3 +152,21 @@ def in_stateless_scope():
     from keras.src.backend.common.stateless_scope import in_stateless_scope as active
 
     return active()
+
+
+def autocast_scope(dtype):
+    """The scope in which Keras reads floating-point variables cast to `dtype`: what a mixed
+    policy's `Layer.__call__` enters around `call`. keras_irevnet's direct calls
+    (keras_irevnet/layers/direct_call.py) enter it themselves; Keras exports no public
+    handle on it."""
+    from keras.src.backend.common.variables import AutocastScope
+
+    return AutocastScope(dtype)
+
+
+def autocast_scope_dtype():
+    """The dtype of the active autocast scope (None when none, or one that casts nothing)."""
+    from keras.src.backend.common.variables import get_autocast_scope
+
+    scope = get_autocast_scope()
+    return None if scope is None else scope.dtype

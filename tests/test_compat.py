@@ -123,3 +123,29 @@ def test_jax_trainer_compiler_options_reach_the_compilation():
         assert trainer.jit is jax.jit
     assert "ynn" in jax.jit(conv).lower(x, k).compile().as_text()
     assert "ynn" not in compiled
+
+
+def test_autocast_scope_casts_variable_reads_as_a_mixed_layer_call_does():
+    seen = {}
+
+    class Probe(keras.layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(shape=(2,), initializer="ones")
+
+        def call(self, x):
+            seen["scope"] = _compat.autocast_scope_dtype()
+            return x * self.w
+
+    probe = Probe(dtype="mixed_bfloat16")
+    probe(np.ones((1, 2), "float32"))  # Keras' own __call__: casts the input, enters the scope
+    assert seen["scope"] == "bfloat16"
+    assert _compat.autocast_scope_dtype() is None
+    x = keras.ops.ones((1, 2), "bfloat16")
+    with _compat.autocast_scope("bfloat16"):
+        assert _compat.autocast_scope_dtype() == "bfloat16"
+        y = probe.call(x)
+        assert keras.backend.standardize_dtype(keras.ops.convert_to_tensor(probe.w).dtype) == (
+            "bfloat16"
+        )
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(probe.w.dtype) == "float32"

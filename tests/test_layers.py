@@ -342,6 +342,56 @@ def test_batch_normalization_relu_of_call_is_relu_of_keras_layer():
         )
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_batch_normalization_mixed_precision_matches_keras(dtype):
+    # Under mixed precision BatchNorm gets 16-bit inputs; both layers compute in float32 and
+    # round the result to the compute dtype once (on torch through the fused kernel), so
+    # outputs, ReLU'd outputs, input gradients and moving statistics agree to that rounding.
+    from keras_irevnet.analysis.autodiff import vjp
+    from keras_irevnet.layers import BatchNormalization
+
+    x = keras.ops.cast(preprocessed_photos(32, 4), dtype)
+    cotangent = keras.ops.cast(np.cos(preprocessed_photos(32, 4)), dtype)
+    pair = []
+    for layer_class in (BatchNormalization, keras.layers.BatchNormalization):
+        layer = layer_class(momentum=0.9, epsilon=1e-5, dtype=f"mixed_{dtype}")
+        layer.build(x.shape)
+        layer.gamma.assign(np.array([0.5, 1.0, 2.0], "float32"))
+        layer.beta.assign(np.array([0.1, -0.2, 0.3], "float32"))
+        pair.append(layer)
+    ours, keras_own = pair
+    unit = 2.0**-8 if dtype == "bfloat16" else 2.0**-11  # half a step of the 16-bit format
+
+    def theirs(t, relu, training):
+        y = keras_own(t, training=training)
+        return keras.ops.relu(y) if relu else y
+
+    def ours_(t, relu, training):
+        return ours.relu_of_call(t, training=training) if relu else ours(t, training=training)
+
+    def as_float32(t):
+        return to_numpy(keras.ops.cast(t, "float32"))
+
+    for training, relu in ((True, False), (True, True), (False, False), (False, True)):
+        y, expected = ours_(x, relu, training), theirs(x, relu, training)
+        assert keras.backend.standardize_dtype(y.dtype) == dtype
+        np.testing.assert_allclose(as_float32(y), as_float32(expected), rtol=2 * unit, atol=1e-3)
+    for a, b in (
+        (ours.moving_mean, keras_own.moving_mean),
+        (ours.moving_variance, keras_own.moving_variance),
+    ):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-5, atol=1e-6)
+    assert np.abs(to_numpy(ours.moving_mean)).max() > 1e-2  # the statistics did move
+    # Inference mode first, training last: a training-mode call inside JAX's vjp assigns
+    # traced moving statistics to the variables, which a later call could not read.
+    for training, relu in ((False, False), (False, True), (True, True)):
+        grads = [
+            as_float32(vjp(lambda t, f=f, r=relu, m=training: f(t, r, m), x, cotangent))
+            for f in (ours_, theirs)
+        ]
+        np.testing.assert_allclose(*grads, rtol=4 * unit, atol=4 * unit)
+
+
 def test_batch_normalization_inference_follows_every_change_of_its_weights():
     # On torch the inference scale and shift are kept while gamma, beta and the moving
     # statistics are unchanged: an assignment or a training step must show in the next call.

@@ -88,6 +88,50 @@ def test_mixed_precision_runs_forward(policy):
     assert relative_error(model.inverse(z), x) < 1e-1  # half precision: a rough inverse
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_direct_calls_equal_keras_calls(policy, monkeypatch):
+    # keras_irevnet.layers.direct_call skips the blocks' `__call__` under a mixed policy too,
+    # casting and autocasting itself: outputs and a training step are those of `__call__`.
+    from keras_irevnet.layers import direct_call
+
+    model = tiny(dtype=policy)
+    x = preprocessed_photos(32, 2)
+    y = np.array([1, 3])
+    initial = model.get_weights()
+    block_class = type(model.block_stack.blocks[1])
+
+    def run():
+        model.set_weights(initial)
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        calls = []
+        original = block_class.call
+
+        def counting(layer, *args, **kwargs):
+            calls.append(layer.name)
+            return original(layer, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(block_class, "call", counting)
+            scores = to_numpy(model(x, training=False))
+            features = to_numpy(model.features(x))
+            inverse = to_numpy(model.inverse(model.features(x)))
+        keras.utils.set_random_seed(0)
+        model.train_on_batch(x, y)
+        return [scores, features, inverse] + [to_numpy(w) for w in model.weights], len(calls)
+
+    direct, direct_calls = run()
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            direct_call,
+            "call",
+            lambda layer, inputs, training=None: layer(inputs, training=training),
+        )
+        through_keras, keras_calls = run()
+    assert direct_calls == keras_calls > 0
+    for a, b in zip(direct, through_keras):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
 def test_include_top_false_and_pooling():
     x = preprocessed_photos(32, 2)
     phi = tiny(include_top=False)

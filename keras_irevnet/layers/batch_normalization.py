@@ -55,7 +55,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
       seen as NCHW (no copy), and its fused gradient. Keras' path is about ten small
       operations per call, each a full pass over the activations. Inference: one
       multiply-add per element (`torch.addcmul`) with the scale and shift from the moving
-      statistics.
+      statistics. Also for float16 and bfloat16 batches (mixed precision), between a cast
+      to float32 and one back to the compute dtype, as Keras' path computes them.
 
     TensorFlow's and torch's kernels report the Bessel-corrected batch variance; the moving
     variance is updated with the biased one, as Keras does. Outputs, gradients and moving
@@ -113,11 +114,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and self.scale
             and not self.synchronized
             and not self.renorm
-            and keras.backend.standardize_dtype(inputs.dtype) == "float32"
             and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
         ):
             return None
         backend = keras.backend.backend()
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if dtype in ("float16", "bfloat16") and backend == "torch" and len(inputs.shape) == 4:
+            # Mixed precision: Keras' path computes in float32 and casts the result to the
+            # compute dtype; so does the kernel, between two casts.
+            import torch
+
+            if not torch.compiler.is_compiling():
+                return self._torch_mixed_fused_call
+        if dtype != "float32":
+            return None
         if backend == "tensorflow" and not _compat.tensorflow_in_xla_context():
             return self._tensorflow_fused_call
         if backend == "jax" and training and self.trainable:
@@ -201,6 +211,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         self._update_moving_statistics(mean, variance)
         return outputs
+
+    def _torch_mixed_fused_call(self, inputs, training, relu=False):
+        outputs = self._torch_fused_call(ops.cast(inputs, "float32"), training, relu=relu)
+        return ops.cast(outputs, self.compute_dtype)
 
     def _torch_fused_call(self, inputs, training, relu=False):
         import torch

@@ -1,0 +1,109 @@
+"""Host time per step on torch: keras_irevnet against the plain-torch reference, batch 1.
+
+    python -m benchmarks.host_overhead                  # CIFAR, float32 and bfloat16
+    python -m benchmarks.host_overhead --rounds=5 --threads=1
+
+On a GPU a torch step at the batch sizes people train with is mostly the host launching
+kernels one by one from Python (benchmarks/results/gpu.md), and what keras_irevnet adds to
+that is Python: Keras' per-layer bookkeeping, casts, the optimizer's loop. The same Python
+runs on a CPU, where at batch 1 the kernels are small: this measures it without a GPU. Each
+round times the Keras model's `train_on_batch` / `predict_on_batch` and the reference's
+training step / forward pass in turn (the median of `--steps` steps each), so that the
+machine's drift falls on both alike; the table gives each round's ratio.
+"""
+
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "float32, bfloat16 (mixed).")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds of Keras, then reference, steps.")
+flags.DEFINE_integer("steps", 5, "Timed steps per measurement (median), after 2 warm-up steps.")
+flags.DEFINE_integer("threads", 1, "torch's intra-op threads (1: kernels small and steady).")
+
+
+def _median_seconds(step, steps):
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _keras_steps(precision):
+    import keras
+    import numpy as np
+
+    import keras_irevnet
+
+    model = keras_irevnet.IRevNetCIFAR(
+        classifier_activation=None, dtype="mixed_bfloat16" if precision == "bfloat16" else None
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype("float32")
+    y = np.zeros(1, "int64")
+    return {
+        "train": lambda: model.train_on_batch(x, y),
+        "inference": lambda: model.predict_on_batch(x),
+    }
+
+
+def _reference_steps(precision):
+    import torch
+
+    from benchmarks.speed_reference import reference_model
+
+    model = reference_model("cifar")
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(1, 3, 32, 32), torch.zeros(1, dtype=torch.long)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+    def train():
+        model.train()
+        optimizer.zero_grad()
+        with autocast:
+            logits, _ = model(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        optimizer.step()
+
+    def inference():
+        model.eval()
+        with torch.no_grad(), autocast:
+            model(x)
+
+    return {"train": train, "inference": inference}
+
+
+def main(argv):
+    del argv
+    if os.environ.get("KERAS_BACKEND", "torch") != "torch":
+        raise app.UsageError("Run with KERAS_BACKEND=torch (or unset): this measures torch.")
+    os.environ["KERAS_BACKEND"] = "torch"
+    import torch
+
+    torch.set_num_threads(FLAGS.threads)
+    print("| precision | work | round | keras_irevnet ms | reference ms | ratio |")
+    print("|---|---|---|---:|---:|---:|")
+    for precision in FLAGS.precisions:
+        ours, reference = _keras_steps(precision), _reference_steps(precision)
+        for work in ("train", "inference"):
+            for number in range(1, FLAGS.rounds + 1):
+                a = _median_seconds(ours[work], FLAGS.steps) * 1e3
+                b = _median_seconds(reference[work], FLAGS.steps) * 1e3
+                print(
+                    f"| {precision} | {work} | {number} | {a:.1f} | {b:.1f} | {a / b:.2f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    app.run(main)
