@@ -323,24 +323,32 @@ def _write(records, start, gpu_report, machine=None):
 
 def merge(paths):
     """One gpu.json / gpu.md from several runs' gpu.json (device time often comes in short
-    leases): each record is tagged with its run's number, each backend compared with the
-    reference of its own run; each run's log is copied beside them as gpu_log_run{N}.txt."""
-    import shutil
+    leases), merged ones included: each record is tagged with its run's number, each backend
+    compared with the reference of its own run; each run's log is copied beside them as
+    gpu_log_run{N}.txt."""
 
     from benchmarks import gpu_report
 
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    records, runs = [], []
-    for number, path in enumerate(paths, 1):
+    records, runs, logs = [], [], []
+    for path in paths:
         payload = atomic.read_json(path, "Pass the gpu.json files benchmarks.gpu wrote.")
-        runs.append(payload["machine"])
-        records += [dict(r, run=number) for r in payload["results"]]
-        log = os.path.join(os.path.dirname(path), "gpu_log.txt")
+        directory = os.path.dirname(path)
+        # A merged file keeps its runs, renumbered after those before it, and their logs.
+        merged = payload["machine"].get("runs")
+        first = len(runs)
+        runs += merged or [payload["machine"]]
+        records += [dict(r, run=first + r.get("run", 1)) for r in payload["results"]]
+        names = [f"gpu_log_run{n}.txt" for n in range(1, len(merged) + 1)] if merged else []
+        logs += [os.path.join(directory, name) for name in names or ["gpu_log.txt"]]
+    copies = []
+    for number, log in enumerate(logs, 1):
         if os.path.exists(log):
-            with atomic.atomic_path(
-                os.path.join(FLAGS.output_dir, f"gpu_log_run{number}.txt")
-            ) as t:
-                shutil.copyfile(log, t)
+            with open(log) as stream:  # read all first: a source may be overwritten below
+                copies.append((number, stream.read()))
+    for number, text in copies:
+        with atomic.atomic_open(os.path.join(FLAGS.output_dir, f"gpu_log_run{number}.txt")) as f:
+            f.write(text)
     _write(records, None, gpu_report, machine=dict(runs=runs))
     print(open(os.path.join(FLAGS.output_dir, "gpu.md")).read())
 

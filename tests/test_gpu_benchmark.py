@@ -107,3 +107,48 @@ def test_bracket_of_a_search_cut_short():
     assert batch_search.bracket(probes) == (500, 900)
     assert batch_search.bracket(probes[:2]) == (16, None)
     assert batch_search.bracket([Probe(8, False)]) == (None, 8)
+
+
+def test_merge_keeps_each_run_with_its_own_reference(tmp_path):
+    # Device time comes in short leases: `--merge` joins runs, merged files included, and
+    # each backend stays compared with the reference measured in its own run.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run_file(name, reference, jax):
+        directory = tmp_path / name
+        directory.mkdir()
+        results = [
+            _speed("reference_speed", "reference", "float32", "cifar", "train", reference),
+            _speed("keras_speed", "jax", "float32", "cifar", "train", jax),
+        ]
+        machine = dict(date=name, total_seconds=1.0, workloads={})
+        (directory / "gpu.json").write_text(json.dumps(dict(machine=machine, results=results)))
+        (directory / "gpu_log.txt").write_text(f"log of {name}\n")
+        return str(directory / "gpu.json")
+
+    def merge(paths, output):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.gpu",
+                f"--merge={','.join(paths)}",
+                f"--output_dir={output}",
+            ],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, KERAS_BACKEND="torch"),
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        payload = json.loads((output / "gpu.json").read_text())
+        return payload, gpu_report.speed_rows(payload["results"])
+
+    first = merge([run_file("a", 100.0, 200.0), run_file("b", 50.0, 150.0)], tmp_path / "ab")
+    _, rows = merge([str(tmp_path / "ab" / "gpu.json"), run_file("c", 10.0, 5.0)], tmp_path / "abc")
+    assert [r["run"] for r in first[1]] == [1, 2]
+    assert [(r["run"], r["jax_vs_reference"]) for r in rows] == [(1, 2.0), (2, 3.0), (3, 0.5)]
+    logs = [(tmp_path / "abc" / f"gpu_log_run{n}.txt").read_text() for n in (1, 2, 3)]
+    assert logs == ["log of a\n", "log of b\n", "log of c\n"]
