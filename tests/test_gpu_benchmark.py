@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import batch_search, gpu_report
 from benchmarks.batch_search import Probe, largest_batch, linear_estimate
+from tests.helpers import once_in
 
 
 def _memory(fixed, per_image, capacity):
@@ -109,6 +110,7 @@ def test_bracket_of_a_search_cut_short():
     assert batch_search.bracket([Probe(8, False)]) == (None, 8)
 
 
+@once_in("torch", "the merge is file bookkeeping, the same on every backend")
 def test_merge_keeps_each_run_with_its_own_reference(tmp_path):
     # Device time comes in short leases: `--merge` joins runs, merged files included, and
     # each backend stays compared with the reference measured in its own run.
