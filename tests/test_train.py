@@ -17,6 +17,8 @@ import keras_irevnet as kir
 from applications import train
 from applications.training import checkpoints, distribute, recipes
 from applications.training.divergence import TrainingDiverged
+from applications.training.optimizer import CoupledWeightDecaySGD
+from tests.helpers import once_in
 
 BACKEND = keras.backend.backend()
 # Short runs: 3 epochs of 4 steps of 16 digits, checkpoints inside epochs every 3 steps.
@@ -282,6 +284,31 @@ def test_refusals_name_flags_that_exist(whole_run, tmp_path):
     metrics = train.run(_short(model_dir, epochs=4, schedule="steps:4,7,10,14:0.2"))
     assert metrics["steps"] == 16
     assert _strict_json(model_dir / "run_config.json")["schedule_boundaries"] == [4, 7, 10, 14]
+
+
+@once_in("torch", "the schedule check and checkpoint loading do not depend on the backend")
+def test_a_schedule_of_the_other_kind_is_refused_before_the_optimizer_state_is_lost(tmp_path):
+    # Keras keeps a constant learning rate as an optimizer variable and a schedule as none,
+    # and loads a checkpoint whose optimizer state does not fit with only a warning: the run
+    # would resume with its momentum and step count reset.
+    model_dir = tmp_path / "constant"
+    train.run(_short(model_dir, epochs=1, schedule="constant"))
+    with pytest.raises(ValueError, match="--schedule='steps:100:0.1' gives a stepped"):
+        train.run(_short(model_dir, epochs=2, schedule="steps:100:0.1"))
+    assert _strict_json(model_dir / "run_config.json")["schedule"] == "constant"
+    # The loader itself refuses such a checkpoint too, whoever calls it.
+    model = kir.IRevNet.from_preset("tiny", classes=10)
+    model.compile(
+        optimizer=CoupledWeightDecaySGD(recipes.learning_rate_schedule(0.1, [100], 0.1)),
+        loss="sparse_categorical_crossentropy",
+    )
+    (_, path), *_ = checkpoints.list_checkpoints(model_dir)
+    with pytest.raises(ValueError, match="Skipping variable loading for optimizer"):
+        checkpoints.load_checkpoint(model, path)
+    with pytest.raises(checkpoints.CheckpointError, match="does not fit"):
+        checkpoints.restore(model, str(model_dir), log=lambda message: None)
+    # The same flags resume.
+    assert train.run(_short(model_dir, epochs=2, schedule="constant"))["resumed_after_step"] == 4
 
 
 # --- Divergence ------------------------------------------------------------------------------

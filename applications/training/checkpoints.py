@@ -28,6 +28,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 
 import h5py
 import keras
@@ -206,9 +207,19 @@ def load_checkpoint(model, path):
     except Exception as error:  # h5py / OSError / KeyError: truncated or damaged
         raise ValueError(_first_line(error)) from None
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
     except Exception as error:
         raise ValueError(_first_line(error)) from None
+    for warning in caught:
+        # Keras loads what fits and only warns about the rest; a resumed run without its
+        # optimizer's state (momentum, step count) would not be the same run.
+        if "Skipping variable loading" in str(warning.message):
+            raise ValueError(
+                f"its state does not fit this model and optimizer ({warning.message})".strip()
+            )
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     seed_variables = _seed_states(model)
     if len(seeds) == len(seed_variables):
         for variable, value in zip(seed_variables, seeds):

@@ -8,7 +8,8 @@ change nothing already trained:
   schedule keeps the steps it was resolved to when the run started, so the steps already
   trained keep their rates and the extension continues at the last one.
 - `--schedule` may change where it agrees with the recorded schedule on every step already
-  trained (it may move or add boundaries that lie ahead).
+  trained (it may move or add boundaries that lie ahead), and stays stepped or constant as
+  it was: Keras keeps a constant rate in the optimizer's state and a schedule outside it.
 
 Not recorded: `--strategy` and the device flags (the batch is global, so a run may resume on
 other devices), verbosity, evaluation and export flags.
@@ -107,6 +108,18 @@ def _continued_schedule(stored, flags, boundaries, factor, steps_done, log):
                 "--schedule=steps:... to change the steps ahead."
             )
         return recorded
+    if bool(recorded[0]) != bool(boundaries):
+        # Keras keeps a constant rate as one of the optimizer's variables and a schedule as
+        # none: the checkpoints' optimizer state (momentum, step count) would not load.
+        kinds = {True: "stepped", False: "constant"}
+        raise ValueError(
+            f"--schedule={flags['schedule']!r} gives a {kinds[bool(boundaries)]} learning "
+            f"rate, and the run was trained with a {kinds[bool(recorded[0])]} one "
+            f"(--schedule={stored.get('schedule')!r}): the optimizer keeps the two in "
+            "different state, so its checkpoints could not resume it. Keep a schedule of "
+            "the same kind (a stepped one may move or add boundaries after step "
+            f"{steps_done}), or pass a new --model_dir."
+        )
     past = _past_boundaries(recorded[0], steps_done)
     if past != _past_boundaries(boundaries, steps_done) or (past and recorded[1] != factor):
         raise ValueError(
