@@ -216,9 +216,7 @@ def load_checkpoint(model, path):
         # Keras loads what fits and only warns about the rest; a resumed run without its
         # optimizer's state (momentum, step count) would not be the same run.
         if "Skipping variable loading" in str(warning.message):
-            raise ValueError(
-                f"its state does not fit this model and optimizer ({warning.message})".strip()
-            )
+            raise ValueError(f"its state does not fit this model and optimizer ({warning.message})")
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     seed_variables = _seed_states(model)
     if len(seeds) == len(seed_variables):

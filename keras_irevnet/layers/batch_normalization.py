@@ -119,14 +119,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return None
         backend = keras.backend.backend()
         dtype = keras.backend.standardize_dtype(inputs.dtype)
-        if dtype in ("float16", "bfloat16") and backend == "torch" and len(inputs.shape) == 4:
-            # Mixed precision: Keras' path computes in float32 and casts the result to the
-            # compute dtype; so does the kernel, between two casts.
-            import torch
-
-            if not torch.compiler.is_compiling():
-                return self._torch_mixed_fused_call
-        if dtype != "float32":
+        # Mixed precision on torch: Keras' path computes in float32 and casts the result to
+        # the compute dtype; so does the kernel, between two casts.
+        mixed = backend == "torch" and dtype in ("float16", "bfloat16")
+        if dtype != "float32" and not mixed:
             return None
         if backend == "tensorflow" and not _compat.tensorflow_in_xla_context():
             return self._tensorflow_fused_call
@@ -140,7 +136,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
             # Under torch.compile the compiler fuses Keras' ops itself.
             if not torch.compiler.is_compiling():
-                return self._torch_fused_call
+                return self._torch_mixed_fused_call if mixed else self._torch_fused_call
         return None
 
     def _torch_scale_shift(self, gamma, beta, mean, variance):
