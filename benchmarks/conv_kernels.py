@@ -18,13 +18,13 @@ Writes conv_kernels.json and conv_kernels.md to --output_dir.
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags
 
+from benchmarks.speed_setup import time_steps
 from keras_irevnet import atomic
 
 FLAGS = flags.FLAGS
@@ -61,16 +61,6 @@ def shapes(model):
         for cin, cout in ((out, hidden), (hidden, hidden), (hidden, out)):
             result.append((batch, size, cin, cout, blocks))
     return result
-
-
-def _timer(run, steps):
-    run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _functions(library, n, h, cin, cout):
@@ -151,7 +141,7 @@ def worker(library):
         for n, h, cin, cout, blocks in shapes(model):
             forward, backward = _functions(library, n, h, cin, cout)
             flops = 2 * n * h * h * cin * cout * 9
-            t_forward, t_backward = _timer(forward, FLAGS.steps), _timer(backward, FLAGS.steps)
+            t_forward, t_backward = (time_steps(f, FLAGS.steps)[1] for f in (forward, backward))
             print(
                 "RESULT "
                 + json.dumps(

@@ -13,8 +13,6 @@ machine's drift falls on both alike; the table gives each round's ratio.
 """
 
 import os
-import statistics
-import time
 
 from absl import app, flags
 
@@ -26,14 +24,10 @@ flags.DEFINE_integer("threads", 1, "torch's intra-op threads (1: kernels small a
 
 
 def _median_seconds(step, steps):
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from benchmarks.speed_setup import time_steps  # imports Keras: after the backend is set
+
+    step()  # two warm-up steps in all: the first train_on_batch also builds the optimizer
+    return time_steps(step, steps)[1]
 
 
 def _keras_steps(precision):
