@@ -28,6 +28,7 @@ gpu.json, gpu.md and gpu_log.txt (the workers' own output) to --output_dir after
 worker.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -231,13 +232,10 @@ def _recovered_search(job, results, why):
     probes = [r for r in results if r.get("work") == "probe"]
     if not probes:
         return []
-    fields = ("batch", "fits", "peak_bytes", "seconds", "error")
+    fields = [field.name for field in dataclasses.fields(batch_search.Probe)]
     low, high = batch_search.bracket(
         [batch_search.Probe(**{k: p.get(k) for k in fields}) for p in probes]
     )
-    small = next((p for p in probes if p["batch"] == 8 and p["fits"]), None)
-    large = next((p for p in probes if p["batch"] == 16 and p["fits"]), None)
-    per_image = small and large and small["peak_bytes"] and large["peak_bytes"]
     result = dict(
         job=job,
         model=probes[0]["model"],
@@ -246,7 +244,6 @@ def _recovered_search(job, results, why):
         largest_fitting=low,
         smallest_failing=high,
         estimate=None,
-        bytes_per_image=per_image and (large["peak_bytes"] - small["peak_bytes"]) / 8,
         probes=[{k: p.get(k) for k in fields} for p in probes],
         cut_short=f"the worker ended after its last probe ({why}); see gpu_log.txt",
     )

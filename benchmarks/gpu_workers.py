@@ -59,7 +59,7 @@ def reference_largest_batch(workload, deadline, max_probes, limit):
         del x, logits
 
     fields = dict(model=workload.model, memory_efficient=False)
-    yield from _search(step, _torch_memory(), deadline, max_probes, limit, fields)
+    yield from _search(step, _TorchMemory(), deadline, max_probes, limit, fields)
 
 
 # ---- keras_irevnet on the current backend ----
@@ -82,10 +82,8 @@ def keras_speed(workload, precision, works):
     memory = _keras_memory()
     rng = np.random.default_rng(0)
     classes = MODELS[workload.model]["classes"]
-    jit = "auto"
-    mode = {"jax": "jax.jit", "torch": "eager", "tensorflow": "tf.function"}[
-        keras.backend.backend()
-    ]
+    jit = "auto"  # Keras' default: jax.jit on JAX, eager on torch
+    mode = speed_keras.JIT_MODES[keras.backend.backend()][keras.backend.backend() == "jax"]
     for work in works:
         fields = dict(jit=mode, memory_efficient=work == "train_memory_efficient")
         if work.startswith("train"):
@@ -191,7 +189,6 @@ def _search(step, memory, deadline, max_probes, limit, fields):
         smallest_failing=high,
         estimate=estimate,
         capacity_bytes=memory.capacity(),
-        bytes_per_image=large.peak_bytes and (large.peak_bytes - small.peak_bytes) / 8,
         probes=[vars(p) for p in [small, large] + probes],
     )
 
@@ -247,10 +244,6 @@ class _JaxMemory:
 
     def capacity(self):
         return self._stats().get("bytes_limit", 8 << 30)
-
-
-def _torch_memory():
-    return _TorchMemory()
 
 
 def _keras_memory():
