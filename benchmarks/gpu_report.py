@@ -1,6 +1,5 @@
 """The GPU benchmark's tables (benchmarks/gpu.py): speed against the reference, largest batches."""
 
-PRECISIONS = ("float32", "bfloat16")
 BACKENDS = ("torch", "jax", "torch+cudnn.benchmark")
 
 
@@ -30,14 +29,13 @@ def speed_rows(records):
         for r in measured
         if _kind(r) == "reference_speed"
     }
-    keys = []
+    by_key = {}  # (run, model, work, memory_efficient, precision) -> {backend: record}
     for r in measured:
         if _kind(r) == "keras_speed":
             key = (r.get("run", 1), r["model"], r["work"], r["memory_efficient"], _precision(r))
-            if key not in keys:
-                keys.append(key)
+            by_key.setdefault(key, {}).setdefault(_backend(r), r)
     rows = []
-    for run, model, work, memory_efficient, precision in keys:
+    for (run, model, work, memory_efficient, precision), by_backend in by_key.items():
         ref = reference.get((run, model, work, precision))
         row = dict(
             run=run,
@@ -48,21 +46,13 @@ def speed_rows(records):
             reference=ref and ref["images_per_second"],
         )
         for backend in BACKENDS:
-            match = [
-                r
-                for r in measured
-                if _kind(r) == "keras_speed"
-                and _backend(r) == backend
-                and (r.get("run", 1), r["model"], r["work"], r["memory_efficient"])
-                == (run, model, work, memory_efficient)
-                and _precision(r) == precision
-            ]
-            if match:
-                value = match[0]["images_per_second"]
+            if backend in by_backend:
+                match = by_backend[backend]
+                value = match["images_per_second"]
                 row[backend] = value
                 row[f"{backend}_vs_reference"] = ref and value / ref["images_per_second"]
-                row[f"{backend}_warmup_seconds"] = match[0]["warmup_seconds"]
-                row[f"{backend}_peak_bytes"] = match[0].get("peak_bytes")
+                row[f"{backend}_warmup_seconds"] = match["warmup_seconds"]
+                row[f"{backend}_peak_bytes"] = match.get("peak_bytes")
         rows.append(row)
     return rows
 
