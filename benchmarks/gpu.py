@@ -1,7 +1,8 @@
 """keras_irevnet on a GPU: JAX and torch against the plain-torch reference on the same GPU.
 
     python -m benchmarks.gpu                           # everything, within --budget seconds
-    python -m benchmarks.gpu --parts=speed --backends=torch --precisions=float32
+    python -m benchmarks.gpu --parts=speed --backends=reference,torch --precisions=float32
+    python -m benchmarks.gpu --parts=largest_batch --backends=jax   # JAX's alone
     python -m benchmarks.gpu --cpu_dry_run             # every code path, tiny, on the CPU
     python -m benchmarks.gpu --merge=a/gpu.json,b/gpu.json --output_dir=benchmarks/results
 
@@ -18,9 +19,13 @@ precision (Keras' "mixed_bfloat16"; `torch.autocast` for the reference).
 Largest batch: the bijective ImageNet model at 224x224, float32, the largest training batch
 (`train_on_batch`, SGD with momentum) that fits, with and without `memory_efficient`, and
 the reference's. Two small probes give bytes per image and an estimate; the search starts
-there (benchmarks/batch_search.py). On JAX each probe is a compilation, so it gets fewer
-probes; its worker lets XLA's allocator take 95 % of the GPU's memory
-(`XLA_PYTHON_CLIENT_MEM_FRACTION=.95`; JAX's default is 75 %), near what torch can use.
+there (benchmarks/batch_search.py). A probe is one training step on torch; on JAX it is a
+compilation of the step and XLA's plan of its memory (JAX's peak statistics cannot be reset,
+and the first compilation's autotuning sets a peak that hides the steps' own), and the
+search's answer is then run once for real. JAX's worker lets XLA's allocator take 95 % of the
+GPU's memory (`XLA_PYTHON_CLIENT_MEM_FRACTION=.95`; JAX's default is 75 %), near what torch
+can use, and allocates it only when needed, so the two JAX searches can run at once
+(`--memory_efficient=false` and `=true` in two runs side by side; their checks take turns).
 
 Workers run one after the other, each in its own process, in order of priority, within
 `--budget` seconds overall; what a worker measured before it was stopped is kept. Writes
@@ -46,9 +51,20 @@ from keras_irevnet import atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["speed", "largest_batch"], "What to measure.")
-flags.DEFINE_list("backends", ["torch", "jax"], "Keras backends to measure.")
+flags.DEFINE_list(
+    "backends",
+    ["reference", "torch", "jax"],
+    "What to measure: the plain-torch reference and Keras backends. A run without the "
+    "reference has no ratios: merge it with one that has (same precision and work).",
+)
 flags.DEFINE_list("precisions", ["float32", "bfloat16"], "float32, bfloat16 (mixed).")
 flags.DEFINE_list("models", ["cifar", "bijective"], "Models whose speed to measure.")
+flags.DEFINE_multi_enum(
+    "memory_efficient",
+    ["false", "true"],
+    ["false", "true"],
+    "Largest-batch searches: without and/or with memory_efficient.",
+)
 flags.DEFINE_integer("budget", 540, "Seconds for the whole run; workers beyond it are skipped.")
 flags.DEFINE_bool("cpu_dry_run", False, "Tiny sizes on the CPU: checks every code path.")
 flags.DEFINE_string("output_dir", "runs/benchmarks/gpu", "Where gpu.json, gpu.md, the log go.")
@@ -68,7 +84,7 @@ DRY_RUN_WORKLOADS = {
     "bijective": ("bijective", 64, 2, 2, 1),
 }
 # Largest-batch search: most probes per worker, and the batch it stops at in a dry run.
-MAX_PROBES = {"torch": 8, "jax": 2, "reference": 8}
+MAX_PROBES = {"torch": 8, "jax": 3, "reference": 8}
 DRY_RUN_LIMIT = 20
 
 
@@ -98,12 +114,13 @@ def jobs():
         return [
             dict(kind="keras_largest_batch", backend=backend, memory_efficient=m)
             for m in (False, True)
+            if str(m).lower() in FLAGS.memory_efficient
         ]
 
     order = []
-    if speed:
+    if speed and "reference" in FLAGS.backends:
         order += [dict(kind="reference_speed", precision=p, models=models) for p in precisions]
-    if largest:
+    if largest and "reference" in FLAGS.backends:
         order.append(dict(kind="reference_largest_batch"))
     for backend in backends:
         if speed:
@@ -151,6 +168,15 @@ def worker(job, deadline):
             _largest_batch_workload(), deadline, MAX_PROBES["reference"], limit
         ):
             _emit(dict(result, model="bijective"))
+    elif kind == "keras_largest_batch" and job["backend"] == "jax":
+        for result in gpu_workers.jax_largest_batch_by_analysis(
+            _largest_batch_workload(),
+            job["memory_efficient"],
+            deadline,
+            MAX_PROBES["jax"],
+            limit,
+        ):
+            _emit(dict(result, model="bijective"))
     elif kind == "keras_largest_batch":
         for result in gpu_workers.keras_largest_batch(
             _largest_batch_workload(),
@@ -180,6 +206,9 @@ def _run(job, deadline, log):
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
     if job["kind"] == "keras_largest_batch" and backend == "jax":
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = ".95"
+        # Probes compile without running: two searches can share the GPU (--memory_efficient
+        # in separate runs at once); the memory is taken only by the final check's step.
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if FLAGS.cpu_dry_run:
         env["CUDA_VISIBLE_DEVICES"] = ""
         env["JAX_PLATFORMS"] = "cpu"
@@ -280,7 +309,7 @@ def main(argv):
         return
     for name, values, allowed in (
         ("parts", FLAGS.parts, ("speed", "largest_batch")),
-        ("backends", FLAGS.backends, ("torch", "jax")),
+        ("backends", FLAGS.backends, ("reference", "torch", "jax")),
         ("precisions", FLAGS.precisions, ("float32", "bfloat16")),
         ("models", FLAGS.models, ("cifar", "bijective")),
     ):

@@ -132,6 +132,18 @@ def markdown(records, machine):
             for p in r["probes"]:
                 if p.get("error"):
                     notes.append(f"- {_backend(r)}, batch {p['batch']}: {p['error']}")
+            if r.get("by") == "xla_analysis":
+                check = r.get("check") or {}
+                if check.get("ran"):
+                    outcome = f"ran (peak {_gib(check.get('peak_bytes'))} GiB allocated)"
+                else:
+                    outcome = f"did not run: {check.get('error', 'no time left')}"
+                notes.append(
+                    f"- {_backend(r)}, memory_efficient={r['memory_efficient']}: probes are "
+                    "XLA's memory plan of the compiled step (arguments, outputs, temporaries), "
+                    f"not runs; one real step at the answer, batch {check.get('batch')}, "
+                    f"{outcome}"
+                )
             if r.get("cut_short"):
                 notes.append(
                     f"- {_backend(r)}, memory_efficient={r['memory_efficient']}: search cut "
@@ -149,7 +161,11 @@ def markdown(records, machine):
                 f"| {r['estimate'] or '-'} | {probes} |"
             )
     if notes:
-        lines += ["", "Searches cut short, probes that failed other than out of memory:", ""]
+        lines += [
+            "",
+            "How searches were made or cut short, probes that failed other than out of memory:",
+            "",
+        ]
         lines += notes
     errors = [r for r in records if r.get("error") and r.get("work") != "probe"]
     if errors:

@@ -5,8 +5,11 @@ model: "bfloat16" means Keras' "mixed_bfloat16" (float32 weights, bfloat16 compu
 the reference's counterpart `torch.autocast` to bfloat16.
 """
 
+import concurrent.futures
 import gc
 import json
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -118,7 +121,8 @@ def keras_speed(workload, precision, works):
 
 
 def keras_largest_batch(workload, memory_efficient, deadline, max_probes, limit):
-    """The largest batch `train_on_batch` runs at on this backend's first accelerator."""
+    """The largest batch `train_on_batch` runs at on torch's first accelerator (JAX:
+    `jax_largest_batch_by_analysis`)."""
     import keras
 
     from benchmarks import speed_keras
@@ -135,6 +139,112 @@ def keras_largest_batch(workload, memory_efficient, deadline, max_probes, limit)
 
     fields = dict(model=workload.model, memory_efficient=memory_efficient)
     yield from _search(step, _keras_memory(), deadline, max_probes, limit, fields)
+
+
+def jax_largest_batch_by_analysis(workload, memory_efficient, deadline, max_probes, limit):
+    """JAX: the largest training batch by XLA's own plan of the step's device memory.
+
+    A probe is a compilation of the training step (`jax.jit` of the model's `train_step`,
+    as Keras' `train_on_batch` compiles it) for the batch, without running it; its memory
+    analysis (arguments, outputs and temporaries, less the donated state) is compared with
+    what JAX's allocator may hold. JAX's own peak statistics cannot be reset, and the first
+    compilation's autotuning of the convolutions sets a peak that hides the steps' own, so
+    two small real steps cannot give bytes per image here. The search's result is then run
+    for real once (one process at a time: `lock_path`), to check the plan."""
+    import jax
+
+    from benchmarks import speed_keras
+    from keras_irevnet.models import xla_cpu_options
+
+    _set_precision("float32")
+    model = speed_keras._compiled(workload, "auto", memory_efficient)
+    classes = MODELS[workload.model]["classes"]
+    one = np.zeros((1,) + workload.image_shape, "float32")
+    # Creates the optimizer's and the metrics' variables without compiling a step.
+    model._symbolic_build(data_batch=(one, np.zeros((1,), "int32")))
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+    )
+    step = jax.jit(
+        model.train_step,
+        donate_argnums=0,
+        compiler_options=xla_cpu_options.jax_compiler_options(),
+    )
+    capacity = _JaxMemory().capacity()
+    fields = dict(model=workload.model, memory_efficient=memory_efficient, by="xla_analysis")
+    compiled = {}
+
+    def probe(batch):
+        start = time.time()
+        x = jax.ShapeDtypeStruct((batch,) + workload.image_shape, "float32")
+        y = jax.ShapeDtypeStruct((batch,), "int32")
+        try:
+            compiled[batch] = step.lower(state, (x, y)).compile()
+            m = compiled[batch].memory_analysis()
+            need = (
+                m.argument_size_in_bytes
+                + m.output_size_in_bytes
+                + m.temp_size_in_bytes
+                - m.alias_size_in_bytes
+            )
+            result = batch_search.Probe(batch, need <= capacity, need)
+        except Exception as error:  # the compilation itself can fail at a large batch
+            text = f"{type(error).__name__}: {error}"
+            result = batch_search.Probe(
+                batch, False, error=None if _is_out_of_memory(error) else text[:300]
+            )
+        result.seconds = time.time() - start
+        print("RESULT " + json.dumps(dict(fields, work="probe", **vars(result))), flush=True)
+        return result
+
+    # Two compilations at once: XLA compiles outside the GIL, and each takes most of a minute.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        small, large = pool.map(probe, (8, 16))
+    if not (small.fits and large.fits):
+        yield dict(fields, work="largest_batch", error=f"batch 8 or 16: {small}, {large}")
+        return
+    # The plan is close to linear in the batch; a little under the line, a run fits too.
+    estimate = batch_search.linear_estimate(small, large, capacity)
+    estimate = min(limit, max(17, int(0.98 * estimate)))
+    low, high, probes = batch_search.largest_batch(
+        probe, estimate, known_fit=16, max_probes=max_probes, deadline=deadline, limit=limit
+    )
+    result = dict(
+        fields,
+        work="largest_batch",
+        largest_fitting=low,
+        smallest_failing=None if limit and low >= limit else high,
+        estimate=estimate,
+        capacity_bytes=capacity,
+        probes=[vars(p) for p in [small, large] + probes],
+    )
+    # The check: one real step at the batch the plan says fits.
+    check = dict(batch=low, ran=False)
+    if low in compiled and time.time() < deadline:
+        import fcntl
+
+        with open(os.path.join(tempfile.gettempdir(), "keras_irevnet_gpu_run.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            x = np.tile(
+                np.random.default_rng(0).standard_normal((16,) + workload.image_shape),
+                ((low + 15) // 16, 1, 1, 1),
+            )[:low].astype("float32")
+            y = (np.arange(low) % classes).astype("int32")
+            try:
+                logs, _ = compiled[low](state, (x, y))
+                check.update(ran=True, loss=float(np.asarray(logs["loss"])))
+                check.update(_JaxMemory().peak())
+            except Exception as error:
+                check.update(error=f"{type(error).__name__}: {error}"[:300])
+            # The lock is held to the process' end, which gives the memory back.
+            result["check"] = check
+            yield result
+            os._exit(0)
+    result["check"] = check
+    yield result
 
 
 def _search(step, memory, deadline, max_probes, limit, fields):

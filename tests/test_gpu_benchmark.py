@@ -110,6 +110,33 @@ def test_bracket_of_a_search_cut_short():
     assert batch_search.bracket([Probe(8, False)]) == (None, 8)
 
 
+def test_a_search_by_memory_plan_says_so_and_whether_its_answer_ran():
+    def search(memory_efficient, check):
+        probes = [vars(Probe(8, True, 2**30)), vars(Probe(16, True, 2**31))]
+        return dict(
+            job=dict(kind="keras_largest_batch", backend="jax"),
+            work="largest_batch",
+            by="xla_analysis",
+            model="bijective",
+            memory_efficient=memory_efficient,
+            largest_fitting=16,
+            smallest_failing=None,
+            estimate=16,
+            probes=probes,
+            check=check,
+        )
+
+    records = [
+        search(False, dict(batch=16, ran=True, peak_bytes=3 * 2**30)),
+        search(True, dict(batch=16, ran=False, error="RESOURCE_EXHAUSTED: out of memory")),
+    ]
+    table = gpu_report.markdown(records, dict(workloads={}, date="today"))
+    assert "| 1 | jax | False | 16 | - | 2.0 | 128.0 | 16 | 8, 16 |" in table
+    assert "memory_efficient=False: probes are XLA's memory plan" in table
+    assert "batch 16, ran (peak 3.0 GiB allocated)" in table
+    assert "batch 16, did not run: RESOURCE_EXHAUSTED" in table
+
+
 @once_in("torch", "the merge is file bookkeeping, the same on every backend")
 def test_merge_keeps_each_run_with_its_own_reference(tmp_path):
     # Device time comes in short leases: `--merge` joins runs, merged files included, and
