@@ -24,13 +24,26 @@ class Conv2D(keras.layers.Conv2D):
     and the weight gradient comes back in the variable's own layout: no reordered copy of
     the kernel in the forward pass, none of its gradient in the backward pass.
 
+    Where the kernel is large against the image (`_prefers_nchw`: the 7x7 stage of the
+    ImageNet models, 384-1536 channels), oneDNN's channels_last kernels are slow, above all
+    for the weight gradient; there the layer copies its input to NCHW and its output back,
+    and lays the kernel out as torch's contiguous (out, in, kh, kw).
+
     Everything else, `torch.compile`, and every other backend, is Keras' own `Conv2D`.
     Weights and results are those of Keras' layer (tested bit for bit).
     """
 
+    def build(self, input_shape):
+        self._torch_nchw = _prefers_nchw(
+            input_shape[1:3], input_shape[-1], self.filters, self.kernel_size
+        )
+        super().build(input_shape)
+
     def add_weight(self, *args, **kwargs):
         if kwargs.get("name") == "kernel" and keras.backend.backend() == "torch":
-            kwargs["initializer"] = _TorchChannelsLastKernel(kwargs.get("initializer"))
+            kwargs["initializer"] = _TorchKernelLayout(
+                kwargs.get("initializer"), nchw=getattr(self, "_torch_nchw", False)
+            )
         return super().add_weight(*args, **kwargs)
 
     def convolution_op(self, inputs, kernel):
@@ -46,9 +59,14 @@ class Conv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
 
         x = torch_fast_path.torch_tensor(inputs).permute(0, 3, 1, 2)
-        # A view for a kernel laid out by `_TorchChannelsLastKernel`; a copy for any other
-        # (the layout is a speed matter, never a correctness one).
+        # A view for a kernel laid out by `_TorchKernelLayout`; a copy for any other (the
+        # layout is a speed matter, never a correctness one).
         k = torch_fast_path.torch_tensor(kernel).permute(3, 2, 0, 1)
+        if getattr(self, "_torch_nchw", False):
+            x, k = x.contiguous(), k.contiguous()
+            y = torch.nn.functional.conv2d(x, k, stride=tuple(self.strides), padding=padding)
+            # Channels-last again: the layers after it work on channels-last memory.
+            return y.permute(0, 2, 3, 1).contiguous()
         k = k.contiguous(memory_format=torch.channels_last)
         y = torch.nn.functional.conv2d(x, k, stride=tuple(self.strides), padding=padding)
         return y.permute(0, 2, 3, 1)
@@ -68,11 +86,31 @@ class Conv2D(keras.layers.Conv2D):
         return None
 
 
+def _prefers_nchw(spatial, channels_in, channels_out, kernel_size):
+    """Whether torch's CPU convolution is faster on NCHW copies than on channels_last views.
+
+    Measured per convolution, forward and backward with the copies, batch 4 (2 cores, AVX-512
+    with AMX): at 7x7, 1536 -> 384 channels 35.7 ms NCHW against 57.8 channels_last, 384 ->
+    1536 46.3 against 58.4, 384 -> 384 8.8 against 10.3; at 14x14, 384 -> 96 7.6 against 6.8
+    (channels_last wins). The line between them: kernel elements at least 16 times one
+    image's input and output elements. Unknown spatial sizes keep channels_last.
+    """
+    if None in tuple(spatial) or channels_in is None:
+        return False
+    height, width = spatial
+    kernel = kernel_size[0] * kernel_size[1] * channels_in * channels_out
+    return kernel >= 16 * height * width * (channels_in + channels_out)
+
+
 def in_torch_kernel_layout(tensor):
-    """Whether a torch tensor of shape (kh, kw, in, out) is laid out as (out, kh, kw, in)."""
+    """Whether a torch tensor of shape (kh, kw, in, out) is laid out as one of torch's
+    convolution kernels: (out, kh, kw, in) (channels_last) or (out, in, kh, kw)."""
     import torch
 
-    return tensor.dim() == 4 and tensor.permute(3, 2, 0, 1).is_contiguous(
+    if tensor.dim() != 4:
+        return False
+    torch_kernel = tensor.permute(3, 2, 0, 1)
+    return torch_kernel.is_contiguous() or torch_kernel.is_contiguous(
         memory_format=torch.channels_last
     )
 
@@ -95,33 +133,35 @@ def match_optimizer_layouts(optimizer, variables):
         value = variable.value
         if in_torch_kernel_layout(value):
             prefix = variable.path.replace("/", "_") + "_"
-            by_shape.setdefault(tuple(value.shape), []).append(prefix)
+            by_shape.setdefault(tuple(value.shape), []).append((prefix, value.stride()))
     for slot in optimizer.variables:
         value = slot.value
-        candidates = by_shape.get(tuple(value.shape), ())
-        if in_torch_kernel_layout(value) or not any(slot.name.startswith(p) for p in candidates):
+        strides = [s for p, s in by_shape.get(tuple(value.shape), ()) if slot.name.startswith(p)]
+        if not strides or value.stride() == strides[0]:
             continue
         with torch.no_grad():
-            laid_out = _in_torch_kernel_layout_copy(value)
+            laid_out = torch.empty_strided(
+                value.shape, strides[0], dtype=value.dtype, device=value.device
+            )
+            laid_out.copy_(value)
             value.set_(laid_out.untyped_storage(), 0, laid_out.shape, laid_out.stride())
 
 
-class _TorchChannelsLastKernel:
-    """An initializer's (kh, kw, in, out) values, laid out in memory as (out, kh, kw, in).
+class _TorchKernelLayout:
+    """An initializer's (kh, kw, in, out) values, laid out in memory as (out, kh, kw, in),
+    or as (out, in, kh, kw) with `nchw`.
 
     Keras' torch variable wraps the initial tensor as it is, strides included, and every
     later write (`assign`, the optimizers' in-place updates, loading weights) copies into
     it, so the layout lasts for the variable's life.
     """
 
-    def __init__(self, initializer):
+    def __init__(self, initializer, nchw=False):
         self.initializer = keras.initializers.get(initializer)
+        self.nchw = nchw
 
     def __call__(self, shape, dtype=None):
         value = keras.ops.convert_to_tensor(self.initializer(shape, dtype=dtype), dtype=dtype)
-        return _in_torch_kernel_layout_copy(value)
-
-
-def _in_torch_kernel_layout_copy(tensor):
-    """A copy of a (kh, kw, in, out) torch tensor, same shape, laid out as (out, kh, kw, in)."""
-    return tensor.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
+        if self.nchw:
+            return value.permute(3, 2, 0, 1).contiguous().permute(2, 3, 1, 0)
+        return value.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
