@@ -150,7 +150,7 @@ def jax_largest_batch_by_analysis(workload, memory_efficient, deadline, max_prob
     what JAX's allocator may hold. JAX's own peak statistics cannot be reset, and the first
     compilation's autotuning of the convolutions sets a peak that hides the steps' own, so
     two small real steps cannot give bytes per image here. The search's result is then run
-    for real once (one process at a time: `lock_path`), to check the plan."""
+    for real once (one process at a time, through a file lock), to check the plan."""
     import jax
 
     from benchmarks import speed_keras
@@ -208,6 +208,8 @@ def jax_largest_batch_by_analysis(workload, memory_efficient, deadline, max_prob
         return
     # The plan is close to linear in the batch; a little under the line, a run fits too.
     estimate = batch_search.linear_estimate(small, large, capacity)
+    if estimate is None:  # a plan that does not grow with the batch: search from above 16
+        estimate = 32
     estimate = min(limit, max(17, int(0.98 * estimate)))
     low, high, probes = batch_search.largest_batch(
         probe, estimate, known_fit=16, max_probes=max_probes, deadline=deadline, limit=limit
