@@ -243,8 +243,9 @@ def _wide_photos():
 def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide):
     # keras_irevnet's Conv2D only changes how torch is called (no layout copies, or NCHW
     # copies where the kernel is wide): outputs and gradients must be Keras' own, bit for
-    # bit, on every backend; on torch's NCHW path (Keras' runs channels_last) to float32
-    # rounding. (2, "same") takes the fallback to Keras' path on torch.
+    # bit, on every backend; on torch's NCHW path (Keras' runs channels_last) and
+    # TensorFlow's matrix product of shifted views to float32 rounding. (2, "same") takes
+    # the fallback to Keras' path on torch.
     from keras_irevnet.layers import Conv2D
 
     if wide:
@@ -257,9 +258,10 @@ def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide)
     ours.build(x.shape)
     keras_own.build(x.shape)
     assert ours._torch_nchw == wide
+    assert ours._tf_shifted_products == (wide and keras.backend.backend() == "tensorflow")
     keras_own.set_weights(ours.get_weights())
     assert_equal = np.testing.assert_array_equal
-    if wide and keras.backend.backend() == "torch":
+    if wide and keras.backend.backend() in ("torch", "tensorflow"):
         assert_equal = functools.partial(assert_relative_error_below, bound=1e-6)
     assert_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
     assert tuple(ours(x).shape) == ours.compute_output_shape(x.shape)
