@@ -24,7 +24,7 @@ class Conv2D(keras.layers.Conv2D):
     and the weight gradient comes back in the variable's own layout: no reordered copy of
     the kernel in the forward pass, none of its gradient in the backward pass.
 
-    Where the kernel is large against the image (`_prefers_nchw`: the 7x7 stage of the
+    Where the kernel is large against the image (`_wide_kernel`: the 7x7 stage of the
     ImageNet models, 384-1536 channels), oneDNN's channels_last kernels are slow, above all
     for the weight gradient; there the layer copies its input to NCHW and its output back,
     and lays the kernel out as torch's contiguous (out, in, kh, kw). On TensorFlow the same
@@ -37,17 +37,13 @@ class Conv2D(keras.layers.Conv2D):
     """
 
     def build(self, input_shape):
-        wide = _prefers_nchw(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
+        wide = _wide_kernel(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
         self._torch_nchw = wide
         self._tf_shifted_products = (
             wide
             and keras.backend.backend() == "tensorflow"
-            and self.data_format == "channels_last"
             and self.padding == "same"
-            and tuple(self.strides) == (1, 1)
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.groups == 1
-            and all(k % 2 for k in self.kernel_size)
+            and self._direct_padding() is not None  # stride 1, odd kernel, channels_last
         )
         super().build(input_shape)
 
@@ -61,7 +57,7 @@ class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if getattr(self, "_tf_shifted_products", False):
             return _shifted_products_convolution(inputs, kernel)
-        padding = self._torch_padding()
+        padding = self._direct_padding() if keras.backend.backend() == "torch" else None
         if padding is None:
             return super().convolution_op(inputs, kernel)
         import torch
@@ -85,10 +81,11 @@ class Conv2D(keras.layers.Conv2D):
         y = torch.nn.functional.conv2d(x, k, stride=tuple(self.strides), padding=padding)
         return y.permute(0, 2, 3, 1)
 
-    def _torch_padding(self):
+    def _direct_padding(self):
+        """The explicit padding of a convolution the fast paths take (channels-last,
+        undilated, ungrouped; "valid", or "same" at stride 1 with an odd kernel), or None."""
         if (
-            keras.backend.backend() != "torch"
-            or self.data_format != "channels_last"
+            self.data_format != "channels_last"
             or tuple(self.dilation_rate) != (1, 1)
             or self.groups != 1
         ):
@@ -120,8 +117,10 @@ def _shifted_products_convolution(inputs, kernel):
     return tf.tensordot(tf.concat(shifted, axis=-1), matrix, axes=1)
 
 
-def _prefers_nchw(spatial, channels_in, channels_out, kernel_size):
-    """Whether torch's CPU convolution is faster on NCHW copies than on channels_last views.
+def _wide_kernel(spatial, channels_in, channels_out, kernel_size):
+    """Whether the kernel is large against the image: where torch's CPU convolution is
+    faster on NCHW copies than on channels_last views, and TensorFlow's slower than a
+    matrix product (`_shifted_products_convolution`).
 
     Measured per convolution, forward and backward with the copies, batch 4 (2 cores, AVX-512
     with AMX): at 7x7, 1536 -> 384 channels 35.7 ms NCHW against 57.8 channels_last, 384 ->
