@@ -203,26 +203,12 @@ def jax_largest_batch_by_analysis(workload, memory_efficient, deadline, max_prob
     # Two compilations at once: XLA compiles outside the GIL, and each takes most of a minute.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         small, large = pool.map(probe, (8, 16))
-    if not (small.fits and large.fits):
-        yield dict(fields, work="largest_batch", error=f"batch 8 or 16: {small}, {large}")
-        return
     # The plan is close to linear in the batch; a little under the line, a run fits too.
-    estimate = batch_search.linear_estimate(small, large, capacity)
-    if estimate is None:  # a plan that does not grow with the batch: search from above 16
-        estimate = 32
-    estimate = min(limit, max(17, int(0.98 * estimate)))
-    low, high, probes = batch_search.largest_batch(
-        probe, estimate, known_fit=16, max_probes=max_probes, deadline=deadline, limit=limit
-    )
-    result = dict(
-        fields,
-        work="largest_batch",
-        largest_fitting=low,
-        smallest_failing=None if limit and low >= limit else high,
-        estimate=estimate,
-        capacity_bytes=capacity,
-        probes=[vars(p) for p in [small, large] + probes],
-    )
+    result = _search_from(probe, small, large, capacity, deadline, max_probes, limit, fields, 0.98)
+    if "error" in result:
+        yield result
+        return
+    low = result["largest_fitting"]
     # The check: one real step at the batch the plan says fits.
     check = dict(batch=low, ran=False)
     if low in compiled and time.time() < deadline:
@@ -278,29 +264,33 @@ def _search(step, memory, deadline, max_probes, limit, fields):
 
     step(8)
     small, large = probe(8), probe(16)
+    # Aim a little under the line: a probe that fits is cheaper than one that fails.
+    yield _search_from(
+        probe, small, large, memory.capacity(), deadline, max_probes, limit, fields, 0.97
+    )
+
+
+def _search_from(probe, small, large, capacity, deadline, max_probes, limit, fields, margin):
+    """The search's result from its two small probes: `margin` times the linear estimate
+    (32 without one: no allocator statistics, or no growth), then `largest_batch`."""
     if not (small.fits and large.fits):
-        yield dict(
+        return dict(
             fields, work="largest_batch", error=f"batch 8 or 16 does not fit: {small}, {large}"
         )
-        return
-    estimate = batch_search.linear_estimate(small, large, memory.capacity())
-    if estimate is None:  # no allocator statistics (the CPU dry run)
+    estimate = batch_search.linear_estimate(small, large, capacity)
+    if estimate is None:
         estimate = 32
-    # Aim a little under the line: a probe that fits is cheaper than one that fails (a
-    # failed JAX allocation can leave the allocator fragmented).
-    estimate = min(limit, max(17, int(0.97 * estimate)))
+    estimate = min(limit, max(17, int(margin * estimate)))
     low, high, probes = batch_search.largest_batch(
         probe, estimate, known_fit=16, max_probes=max_probes, deadline=deadline, limit=limit
     )
-    if limit and low >= limit:
-        high = None
-    yield dict(
+    return dict(
         fields,
         work="largest_batch",
         largest_fitting=low,
-        smallest_failing=high,
+        smallest_failing=None if limit and low >= limit else high,
         estimate=estimate,
-        capacity_bytes=memory.capacity(),
+        capacity_bytes=capacity,
         probes=[vars(p) for p in [small, large] + probes],
     )
 
