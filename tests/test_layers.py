@@ -266,10 +266,24 @@ def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide)
     assert_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
     assert tuple(ours(x).shape) == ours.compute_output_shape(x.shape)
 
-    from keras_irevnet.analysis.autodiff import vjp
+    from keras_irevnet.analysis.autodiff import jvp, vjp
 
     cotangent = to_numpy(keras_own(x)) ** 2
     assert_equal(to_numpy(vjp(ours, x, cotangent)), to_numpy(vjp(keras_own, x, cotangent)))
+
+    # The kernel's gradient (the layouts of torch's paths, TensorFlow's matrix product) and
+    # forward mode (the analyses' Jacobian products), to float32 rounding on every path.
+    def kernel_gradient(layer):
+        def output(kernel):
+            return layer.stateless_call([kernel], [], x)[0]
+
+        return to_numpy(vjp(output, layer.kernel.value, cotangent))
+
+    assert_relative_error_below(kernel_gradient(ours), kernel_gradient(keras_own), 1e-6)
+    tangent = np.flip(x, axis=1).copy()
+    assert_relative_error_below(
+        to_numpy(jvp(ours, x, tangent)[1]), to_numpy(jvp(keras_own, x, tangent)[1]), 1e-6
+    )
 
 
 def assert_relative_error_below(got, want, bound):
