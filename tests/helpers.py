@@ -88,14 +88,10 @@ def narrow_stack(blocks, seed=0, **overrides):
     )
 
 
-def compiled_jax_gradient(model, batch):
-    """JAX: the compiled gradient w.r.t. the trainable weights of sum(y ** 2), y = the model's
-    training-mode output on `batch` 16x16 images of ones (an XLA executable to inspect),
-    compiled with the options the models' own steps get."""
-    import jax
-
-    from keras_irevnet.models.xla_cpu_options import jax_compiler_options
-
+def jax_training_loss(model):
+    """JAX: `(loss, trainable)`: `loss(trainable, x)` is sum(y ** 2), y = the model's
+    training-mode output on `x` with the trainable weights' values `trainable` (the model's
+    current ones given with it), its state left untouched."""
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
 
@@ -103,6 +99,18 @@ def compiled_jax_gradient(model, batch):
         y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
         return (y * y).sum()
 
+    return loss, trainable
+
+
+def compiled_jax_gradient(model, batch):
+    """JAX: the compiled gradient w.r.t. the trainable weights of `jax_training_loss` on
+    `batch` 16x16 images of ones (an XLA executable to inspect), compiled with the options
+    the models' own steps get."""
+    import jax
+
+    from keras_irevnet.models.xla_cpu_options import jax_compiler_options
+
+    loss, trainable = jax_training_loss(model)
     x = jax.numpy.ones((batch, 16, 16, 3))
     compiled = jax.jit(jax.grad(loss), compiler_options=jax_compiler_options())
     return compiled.lower(trainable, x).compile()
