@@ -462,6 +462,29 @@ def test_torch_saves_only_the_output_for_backward():
     assert plain > 16 * efficient, (efficient, plain)
 
 
+def test_torch_recompute_takes_the_forward_batch_statistics():
+    # The recompute of F sees the inputs the forward pass gave each BatchNorm, so it
+    # normalises with the batch statistics kept from the forward pass: torch's training-mode
+    # kernel runs as often as in a plain step, not once more per block. (That its gradients
+    # are still training mode's, through the batch statistics, is the exactness test above.)
+    if BACKEND != "torch":
+        pytest.skip("counts torch's BatchNorm kernel calls")
+    import torch
+
+    def kernel_calls(memory_efficient):
+        model = tiny_model(memory_efficient, dropout=0.2)
+        x = torch.tensor(inputs())
+        model(x, training=True)
+        with torch.profiler.profile() as profile:
+            y = model(x, training=True)
+            (y * y).sum().backward()
+        return sum(e.count for e in profile.key_averages() if e.key == "aten::native_batch_norm")
+
+    plain, efficient = kernel_calls(False), kernel_calls(True)
+    assert plain >= 6, plain  # two BatchNorms per block or more, and the head's
+    assert efficient == plain, (efficient, plain)
+
+
 def _dropout_classifier(blocks, memory_efficient):
     """The narrow stack with dropout and a 10-class head: what the step-memory tests train."""
     return helpers.narrow_stack(

@@ -10,6 +10,7 @@ from keras_irevnet import _compat
 from keras_irevnet.layers import torch_fast_path
 
 _frozen = threading.local()
+_batch_statistics = threading.local()
 
 
 @contextlib.contextmanager
@@ -28,6 +29,27 @@ def frozen_moving_statistics():
         yield
     finally:
         _frozen.active = previous
+
+
+@contextlib.contextmanager
+def kept_batch_statistics(kept, replay):
+    """Within it, keras_irevnet's BatchNormalization keeps its training-mode batch statistics
+    (`replay=False`), or normalises with ones kept before (`replay=True`).
+
+    For reversible backprop's recompute of F, which calls F's layers in the order the forward
+    pass did, on exactly the inputs the forward pass gave them: the forward appends
+    `(id(layer), mean, inverse standard deviation)` to the list `kept` at each call (a few
+    numbers per channel), and the recompute takes them from the front of the deque `kept`
+    (the entries of one block, in order) instead of computing them again. torch's fused path
+    only (`keras_irevnet.layers.torch_batch_norm`; the gradient stays that of training mode,
+    through the batch statistics); the other paths compute the statistics as before.
+    """
+    previous = getattr(_batch_statistics, "state", None)
+    _batch_statistics.state = (kept, replay)
+    try:
+        yield
+    finally:
+        _batch_statistics.state = previous
 
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
@@ -238,6 +260,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 scale, shift = self._torch_scale_shift_cache.get(sources, self._torch_scale_shift)
             y = torch.addcmul(shift, inputs, scale)
             return torch.relu_(y) if relu else y
+        kept, replay = getattr(_batch_statistics, "state", None) or (None, False)
+        if replay and kept and kept[0][0] == id(self):
+            from keras_irevnet.layers import torch_batch_norm
+
+            _, mean, invstd = kept.popleft()
+            y = torch_batch_norm.replayed_batch_norm(
+                inputs, gamma, beta, mean, invstd, self.epsilon
+            )
+            return torch.relu_(y) if relu else y
         x = inputs.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
         # With momentum 1 the kernel writes the batch statistics into these two buffers
         # (fresh tensors, not the moving statistics: those are updated by
@@ -245,7 +276,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # that the scope can capture or discard the update).
         mean = torch.zeros_like(gamma)
         variance = torch.ones_like(gamma)
-        y = torch.nn.functional.batch_norm(x, mean, variance, gamma, beta, True, 1.0, self.epsilon)
+        if kept is not None and not replay:
+            # The kernel `batch_norm` calls on CPU, which also returns what it normalised
+            # with: the batch mean and inverse standard deviation.
+            y, batch_mean, invstd = torch.ops.aten.native_batch_norm(
+                x, gamma, beta, mean, variance, True, 1.0, self.epsilon
+            )
+            kept.append((id(self), batch_mean.detach(), invstd.detach()))
+        else:
+            y = torch.nn.functional.batch_norm(
+                x, mean, variance, gamma, beta, True, 1.0, self.epsilon
+            )
         self._update_moving_statistics(mean, variance, x.numel() // x.shape[1])
         if relu:
             y = torch.relu_(y)

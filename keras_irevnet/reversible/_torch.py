@@ -1,9 +1,11 @@
 """Reversible backprop on PyTorch: a `torch.autograd.Function` with `torch.autograd.grad`."""
 
+import collections
 import contextlib
 
 import torch
 
+from keras_irevnet.layers.batch_normalization import kept_batch_statistics
 from keras_irevnet.reversible import _walk
 
 
@@ -12,7 +14,8 @@ def _cuda_in_use():
 
 
 class _Chain:
-    """What the autograd function needs besides tensors: blocks, mode, seeds, RNG states."""
+    """What the autograd function needs besides tensors: blocks, mode, seeds, RNG states and
+    the BatchNorms' batch statistics."""
 
     def __init__(self, blocks, training):
         self.blocks = blocks
@@ -29,6 +32,12 @@ class _Chain:
         self.seed_values = None
         self.rng_states = {}
         self.checkpoints = None
+        # The BatchNorms' batch statistics from the forward pass, in call order, and where
+        # each block's entries start: its recompute normalises with them (a few numbers
+        # per channel and call; each block's dropped once used).
+        self.batch_statistics = []
+        self.statistics_spans = {}  # id(block) -> [start, end or None for the last block]
+        self.previous_span = None
 
     def take_checkpoints(self):
         # The stored block inputs are kept here rather than saved for backward: saved
@@ -39,13 +48,24 @@ class _Chain:
         checkpoints, self.checkpoints = self.checkpoints, None
         return checkpoints
 
-    def record_rng_state(self, block, x):
+    def before_block(self, block, x):
+        if self.previous_span is not None:
+            self.previous_span[1] = len(self.batch_statistics)
+        self.previous_span = self.statistics_spans[id(block)] = [len(self.batch_statistics), None]
         # Keras' torch dropout draws an unseeded layer's mask from torch's global generator
         # (its fast path), not from the layer's seed state; so the recompute also needs the
         # global RNG state each block started from (as torch.utils.checkpoint keeps it).
         cuda = torch.cuda.get_rng_state() if _cuda_in_use() else None
         self.rng_states[id(block)] = (torch.get_rng_state(), cuda)
         return x
+
+    def block_statistics(self, block):
+        """The block's kept batch statistics, handed over (released from the chain)."""
+        start, end = self.statistics_spans[id(block)]
+        end = len(self.batch_statistics) if end is None else end
+        entries = collections.deque(self.batch_statistics[start:end])
+        self.batch_statistics[start:end] = [None] * (end - start)
+        return entries
 
     @contextlib.contextmanager
     def replayed_rng(self, block):
@@ -70,6 +90,7 @@ class _Chain:
             torch.enable_grad(),
             self.replayed_rng(block),
             _walk.recompute_scope(seeds, values),
+            kept_batch_statistics(self.block_statistics(block), replay=True),
         ):
             fa2 = block.residual_call(a2, training=self.training)
 
@@ -90,9 +111,10 @@ class _ReversibleBlocks(torch.autograd.Function):
             id(v): value.clone()
             for v, value in zip(chain.seed_variables, _walk.raw_values(chain.seed_variables))
         }
-        outputs, checkpoints = _walk.forward(
-            chain.blocks, (x1, x2), chain.training, before_block=chain.record_rng_state
-        )
+        with kept_batch_statistics(chain.batch_statistics, replay=False):
+            outputs, checkpoints = _walk.forward(
+                chain.blocks, (x1, x2), chain.training, before_block=chain.before_block
+            )
         ctx.chain = chain
         chain.checkpoints = checkpoints
         ctx.save_for_backward(*outputs)
