@@ -298,6 +298,17 @@ def test_conv2d_config_roundtrip():
     assert Conv2D.from_config(layer.get_config()).get_config() == layer.get_config()
 
 
+def _photo_channels(size, count, channels):
+    """Photos with `channels` channels: the RGB channels, then functions of them.
+
+    torch's BatchNorm takes two paths by channel count (below 8, statistics and gradient of
+    its own; from 8, torch's fused kernel), and 3-channel photos exercise only the first.
+    """
+    x = preprocessed_photos(size, count)
+    maps = [x, 0.5 * x[..., ::-1] + 0.2, np.sin(3 * x), x * x - 0.3, np.cos(x) * x, np.tanh(2 * x)]
+    return np.concatenate(maps, axis=-1)[..., :channels].astype("float32")
+
+
 def _batch_norm_pair(x, gamma, moving_mean=None, moving_variance=None):
     """keras_irevnet's BatchNormalization and Keras' own, built for `x`, same weights."""
     from keras_irevnet.layers import BatchNormalization
@@ -307,20 +318,21 @@ def _batch_norm_pair(x, gamma, moving_mean=None, moving_variance=None):
     for layer in (ours, keras_own):
         layer.build(x.shape)
         layer.gamma.assign(np.asarray(gamma, "float32"))
-        layer.beta.assign(np.array([0.1, -0.2, 0.3], "float32"))
+        layer.beta.assign(np.resize(np.array([0.1, -0.2, 0.3], "float32"), x.shape[-1]))
         if moving_mean is not None:
             layer.moving_mean.assign(np.asarray(moving_mean, "float32"))
             layer.moving_variance.assign(np.asarray(moving_variance, "float32"))
     return ours, keras_own
 
 
-def test_batch_normalization_training_matches_keras():
+@pytest.mark.parametrize("channels", [3, 16])
+def test_batch_normalization_training_matches_keras(channels):
     # On TensorFlow the training mode runs the fused kernel; on every backend the outputs,
     # moving statistics and gradients must be those of Keras' own layer, to float32 rounding.
     from keras_irevnet.analysis.autodiff import vjp
 
-    x = preprocessed_photos(32, 4)
-    ours, keras_own = _batch_norm_pair(x, gamma=np.linspace(0.5, 2.0, 3))
+    x = _photo_channels(32, 4, channels)
+    ours, keras_own = _batch_norm_pair(x, gamma=np.linspace(0.5, 2.0, channels))
     for _ in range(2):  # the second step starts from updated moving statistics
         y_ours, y_keras = ours(x, training=True), keras_own(x, training=True)
         np.testing.assert_allclose(to_numpy(y_ours), to_numpy(y_keras), rtol=1e-5, atol=1e-5)
@@ -465,13 +477,14 @@ def test_batch_normalization_inference_follows_every_change_of_its_weights():
     assert_same()
 
 
-def test_batch_normalization_weight_gradients_match_keras():
+@pytest.mark.parametrize("channels", [3, 16])
+def test_batch_normalization_weight_gradients_match_keras(channels):
     # The fused kernels (TensorFlow and torch training) compute gamma's and beta's gradients
     # themselves: one SGD step (learning rate 1, so the change is the gradient) must move
     # them as it moves Keras' own layer.
     from keras_irevnet.layers import BatchNormalization
 
-    x = preprocessed_photos(16, 4)
+    x = _photo_channels(16, 4, channels)
     target = np.sin(3 * x)
     steps = []
     for layer in (
@@ -479,7 +492,7 @@ def test_batch_normalization_weight_gradients_match_keras():
         keras.layers.BatchNormalization(epsilon=1e-5),
     ):
         model = keras.Sequential([keras.Input(x.shape[1:]), layer])
-        layer.gamma.assign(np.array([0.5, 1.0, 2.0], "float32"))
+        layer.gamma.assign(np.resize(np.array([0.5, 1.0, 2.0], "float32"), channels))
         model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
         before = [to_numpy(w) for w in (layer.gamma, layer.beta)]
         model.train_on_batch(x, target)

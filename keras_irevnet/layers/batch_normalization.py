@@ -75,7 +75,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
       calls, which the analyses make, take Keras' path.
     - torch, eager, training: `torch.nn.functional.batch_norm` on the channels-last data
       seen as NCHW (no copy), and its fused gradient. Keras' path is about ten small
-      operations per call, each a full pass over the activations. Inference: one
+      operations per call, each a full pass over the activations. Below 8 channels, where
+      that kernel is several times slower, and in reversible backprop's recompute, the
+      statistics and the normalisation are had apart (`keras_irevnet.layers.
+      torch_batch_norm`; an autograd function without forward-mode derivative). Inference: one
       multiply-add per element (`torch.addcmul`) with the scale and shift from the moving
       statistics. Also for float16 and bfloat16 batches (mixed precision), between a cast
       to float32 and one back to the compute dtype, as Keras' path computes them.
@@ -260,14 +263,20 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 scale, shift = self._torch_scale_shift_cache.get(sources, self._torch_scale_shift)
             y = torch.addcmul(shift, inputs, scale)
             return torch.relu_(y) if relu else y
+        from keras_irevnet.layers import torch_batch_norm
+
         kept, replay = getattr(_batch_statistics, "state", None) or (None, False)
         if replay and kept and kept[0][0] == id(self):
-            from keras_irevnet.layers import torch_batch_norm
-
             _, mean, invstd = kept.popleft()
-            y = torch_batch_norm.replayed_batch_norm(
-                inputs, gamma, beta, mean, invstd, self.epsilon
-            )
+            y = torch_batch_norm.normalized(inputs, gamma, beta, mean, invstd, self.epsilon)
+            return torch.relu_(y) if relu else y
+        if torch_batch_norm.few_channels(inputs):
+            mean, variance = torch_batch_norm.batch_statistics(inputs)
+            invstd = torch.rsqrt(variance + self.epsilon)
+            if kept is not None:
+                kept.append((id(self), mean, invstd))
+            self._update_moving_statistics(mean, variance)
+            y = torch_batch_norm.normalized(inputs, gamma, beta, mean, invstd, self.epsilon)
             return torch.relu_(y) if relu else y
         x = inputs.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
         # With momentum 1 the kernel writes the batch statistics into these two buffers
