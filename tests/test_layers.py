@@ -237,28 +237,37 @@ def _wide_photos():
 
 
 @pytest.mark.parametrize(
-    "strides, padding, wide",
-    [(1, "same", False), (2, "valid", False), (2, "same", False), (1, "same", True)],
+    "strides, padding, wide, filters",
+    [
+        (1, "same", False, 8),
+        (1, "same", False, 4),
+        (2, "valid", False, 8),
+        (2, "same", False, 8),
+        (1, "same", True, 64),
+    ],
 )
-def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide):
+def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide, filters):
     # keras_irevnet's Conv2D only changes how torch is called (no layout copies, or NCHW
-    # copies where the kernel is wide): outputs and gradients must be Keras' own, bit for
-    # bit, on every backend; on torch's NCHW path (Keras' runs channels_last) and
+    # copies where the kernel is wide), how TensorFlow computes wide kernels and how JAX
+    # differentiates narrowing convolutions: outputs and input gradients must be Keras' own,
+    # bit for bit, on every backend; on torch's NCHW path (Keras' runs channels_last) and
     # TensorFlow's matrix product of shifted views to float32 rounding. (2, "same") takes
     # the fallback to Keras' path on torch.
     from keras_irevnet.layers import Conv2D
 
     if wide:
-        x, filters = _wide_photos(), 64
+        x = _wide_photos()
     else:
         x = preprocessed_photos(32, 2)
-        x, filters = np.concatenate([x, x[:, ::-1]], axis=-1), 8  # 6 channels
+        x = np.concatenate([x, x[:, ::-1]], axis=-1)  # 6 channels
     ours = Conv2D(filters, 3, strides=strides, padding=padding, use_bias=False)
     keras_own = keras.layers.Conv2D(filters, 3, strides=strides, padding=padding, use_bias=False)
     ours.build(x.shape)
     keras_own.build(x.shape)
     assert ours._torch_nchw == wide
     assert ours._tf_shifted_products == (wide and keras.backend.backend() == "tensorflow")
+    narrowing = strides == 1 and padding == "same" and not wide and filters < x.shape[-1]
+    assert ours._jax_narrowing == (narrowing and keras.backend.backend() == "jax")
     keras_own.set_weights(ours.get_weights())
     assert_equal = np.testing.assert_array_equal
     if wide and keras.backend.backend() in ("torch", "tensorflow"):
@@ -283,6 +292,18 @@ def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide)
     tangent = np.flip(x, axis=1).copy()
     assert_relative_error_below(
         to_numpy(jvp(ours, x, tangent)[1]), to_numpy(jvp(keras_own, x, tangent)[1]), 1e-6
+    )
+
+    # Forward mode w.r.t. the kernel (JAX's narrowing path writes that tangent as the
+    # transpose of its kernel gradient).
+    def output_of_kernel(layer):
+        return lambda kernel: layer.stateless_call([kernel], [], x)[0]
+
+    kernel_tangent = np.cos(to_numpy(ours.kernel))
+    assert_relative_error_below(
+        to_numpy(jvp(output_of_kernel(ours), ours.kernel.value, kernel_tangent)[1]),
+        to_numpy(jvp(output_of_kernel(keras_own), keras_own.kernel.value, kernel_tangent)[1]),
+        1e-6,
     )
 
 

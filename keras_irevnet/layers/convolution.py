@@ -29,9 +29,11 @@ class Conv2D(keras.layers.Conv2D):
     for the weight gradient; there the layer copies its input to NCHW and its output back,
     and lays the kernel out as torch's contiguous (out, in, kh, kw). On TensorFlow the same
     layers, where stride 1 and "same", compute the convolution as one matrix product
-    (`_shifted_products_convolution`).
+    (`_shifted_products_convolution`). On JAX on CPU, a stride-1 "same" convolution to
+    fewer channels than it reads (kernel not wide) has its kernel gradient computed in
+    the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`).
 
-    Everything else, `torch.compile`, and JAX, is Keras' own `Conv2D`. Weights are those of
+    Everything else, and `torch.compile`, is Keras' own `Conv2D`. Weights are those of
     Keras' layer, and results too: bit for bit on the channels_last path, to float32
     rounding on the NCHW and matrix-product paths (tested).
     """
@@ -39,11 +41,15 @@ class Conv2D(keras.layers.Conv2D):
     def build(self, input_shape):
         wide = _wide_kernel(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
         self._torch_nchw = wide
-        self._tf_shifted_products = (
-            wide
-            and keras.backend.backend() == "tensorflow"
-            and self.padding == "same"
-            and self._direct_padding() is not None  # stride 1, odd kernel, channels_last
+        same = self.padding == "same" and self._direct_padding() is not None
+        # (stride 1, odd kernel, channels_last, undilated, ungrouped)
+        self._tf_shifted_products = wide and keras.backend.backend() == "tensorflow" and same
+        self._jax_narrowing = (
+            same
+            and not wide
+            and input_shape[-1] is not None
+            and input_shape[-1] > self.filters
+            and _jax_cpu()
         )
         super().build(input_shape)
 
@@ -57,6 +63,11 @@ class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if getattr(self, "_tf_shifted_products", False):
             return _shifted_products_convolution(inputs, kernel)
+        if getattr(self, "_jax_narrowing", False):
+            from keras_irevnet.layers import jax_convolution
+
+            convert = keras.ops.convert_to_tensor
+            return jax_convolution.convolution(convert(inputs), convert(kernel))
         padding = self._direct_padding() if keras.backend.backend() == "torch" else None
         if padding is None:
             return super().convolution_op(inputs, kernel)
@@ -95,6 +106,14 @@ class Conv2D(keras.layers.Conv2D):
         if tuple(self.strides) == (1, 1) and all(k % 2 for k in self.kernel_size):
             return tuple(k // 2 for k in self.kernel_size)
         return None
+
+
+def _jax_cpu():
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def _shifted_products_convolution(inputs, kernel):
