@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks import speed_report
 from benchmarks.speed_setup import time_steps, workloads
+from tests.helpers import once_in
 
 
 def _timing(backend, work, images_per_second, jit="eager", memory_efficient=False, call=None):
@@ -174,3 +175,42 @@ def test_memory_targets_read_the_deepest_and_shallowest_measurements():
         "54 blocks / 6 blocks = 1.10 (met, <= 1.2)."
     )
     assert "0.250 of plain at 54 blocks (NOT met" in jax and "= 3.00 (NOT met" in jax
+
+
+def test_interleaved_alternates_the_two_steps_and_divides_their_medians(monkeypatch):
+    # A clock that each step advances: ours takes 2 s per call, the reference 3 s, except
+    # one slow call of each (a slow spell of the machine falls on both alike).
+    from benchmarks import interleaved
+
+    calls, now = [], [0.0]
+    durations = {"ours": iter([9, 9, 2, 2, 7, 2]), "reference": iter([9, 9, 3, 8, 3, 3])}
+
+    def steps(name):
+        def step():
+            calls.append(name)
+            now[0] += next(durations[name])
+
+        return {"train": step}
+
+    monkeypatch.setattr(interleaved, "WORKS", ("train",))
+    monkeypatch.setattr(interleaved, "keras_steps", lambda workload, me: steps("ours"))
+    monkeypatch.setattr(interleaved, "reference_steps", lambda workload: steps("reference"))
+    monkeypatch.setattr(interleaved.time, "perf_counter", lambda: now[0])
+    (result,) = interleaved.compare(workloads(quick=True)[0], False, steps=4)
+    assert calls == ["ours", "reference"] * 6  # two warm-up rounds, then four timed
+    assert (result["keras_seconds"], result["reference_seconds"]) == (2.0, 3.0)
+    assert result["x_reference"] == 1.5
+
+
+@once_in("torch", "real steps of the Keras model and the reference, small batches")
+def test_interleaved_measures_real_steps_of_both_models():
+    import dataclasses
+
+    from benchmarks import interleaved
+
+    tiny = dataclasses.replace(workloads(quick=True)[0], train_batch=2, infer_batch=2)
+    results = list(interleaved.compare(tiny, memory_efficient=True, steps=1))
+    assert [r["work"] for r in results] == ["train", "inference"]
+    for r in results:
+        assert r["keras_seconds"] > 0 and r["reference_seconds"] > 0
+        assert r["x_reference"] == pytest.approx(r["reference_seconds"] / r["keras_seconds"])
