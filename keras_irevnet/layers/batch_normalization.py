@@ -273,7 +273,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if torch_batch_norm.few_channels(inputs):
             mean, variance = torch_batch_norm.batch_statistics(inputs)
             invstd = torch.rsqrt(variance + self.epsilon)
-            if kept is not None:
+            if kept is not None and not replay:
                 kept.append((id(self), mean, invstd))
             self._update_moving_statistics(mean, variance)
             y = torch_batch_norm.normalized(inputs, gamma, beta, mean, invstd, self.epsilon)
