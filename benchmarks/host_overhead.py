@@ -52,29 +52,10 @@ def _keras_steps(precision):
 
 
 def _reference_steps(precision):
-    import torch
+    from benchmarks.speed_reference import reference_steps
+    from benchmarks.speed_setup import Workload
 
-    from benchmarks.speed_reference import reference_model
-
-    model = reference_model("cifar")
-    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-4)
-    x, y = torch.randn(1, 3, 32, 32), torch.zeros(1, dtype=torch.long)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
-
-    def train():
-        model.train()
-        optimizer.zero_grad()
-        with autocast:
-            logits, _ = model(x)
-        torch.nn.functional.cross_entropy(logits.float(), y).backward()
-        optimizer.step()
-
-    def inference():
-        model.eval()
-        with torch.no_grad(), autocast:
-            model(x)
-
-    return {"train": train, "inference": inference}
+    return reference_steps(Workload("cifar", 32, 1, 1, steps=1), precision=precision)
 
 
 def main(argv):

@@ -41,59 +41,18 @@ def _define_flags():
 WORKS = ("train", "inference")
 
 
-def reference_steps(workload):
-    """The reference's training step and forward pass on `workload`'s batches."""
-    import torch
-
-    from benchmarks.speed_reference import reference_model
-    from benchmarks.speed_setup import MODELS
-
-    torch.manual_seed(0)
-    model = reference_model(workload.model)
-    weight_decay = 5e-4 if workload.model == "cifar" else 1e-4
-    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=weight_decay)
-    size, classes = workload.image_size, MODELS[workload.model]["classes"]
-    x = torch.randn(workload.train_batch, 3, size, size)
-    y = torch.randint(0, classes, (workload.train_batch,))
-    x_inference = torch.randn(workload.infer_batch, 3, size, size)
-
-    def train():
-        model.train()
-        optimizer.zero_grad()
-        logits, _ = model(x)
-        torch.nn.functional.cross_entropy(logits, y).backward()
-        optimizer.step()
-
-    def inference():
-        model.eval()
-        with torch.no_grad():
-            model(x_inference)
-
-    return {"train": train, "inference": inference}
-
-
 def keras_steps(workload, memory_efficient):
-    """The Keras model's `train_on_batch` and `predict_on_batch` on `workload`'s batches."""
-    import keras
+    """The Keras model's `train_on_batch` and `predict_on_batch` on `workload`'s batches,
+    compiled as `benchmarks.run` compiles it, with Keras' default compilation."""
     import numpy as np
 
-    import keras_irevnet
+    from benchmarks.speed_keras import _compiled
     from benchmarks.speed_setup import MODELS
 
-    spec = MODELS[workload.model]
-    keras.utils.set_random_seed(0)
-    model = getattr(keras_irevnet, spec["constructor"])(
-        input_shape=workload.image_shape,
-        classifier_activation=None,
-        memory_efficient=memory_efficient,
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    model = _compiled(workload, "auto", memory_efficient)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((workload.train_batch,) + workload.image_shape).astype("float32")
-    y = rng.integers(0, spec["classes"], workload.train_batch)
+    y = rng.integers(0, MODELS[workload.model]["classes"], workload.train_batch)
     x_inference = rng.standard_normal((workload.infer_batch,) + workload.image_shape)
     x_inference = x_inference.astype("float32")
     return {
@@ -104,7 +63,10 @@ def keras_steps(workload, memory_efficient):
 
 def compare(workload, memory_efficient, steps):
     """Yields one result per work: both medians (seconds) and the reference's over ours."""
-    ours, reference = keras_steps(workload, memory_efficient), reference_steps(workload)
+    from benchmarks import speed_reference
+
+    ours = keras_steps(workload, memory_efficient)
+    reference = speed_reference.reference_steps(workload)
     for work in WORKS:
         pair = (("keras_irevnet", ours[work]), ("reference", reference[work]))
         for _ in range(2):  # warm-up: compilation, the optimizer's variables

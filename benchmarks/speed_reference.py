@@ -69,15 +69,67 @@ def matmul_peak_gflops(repeats=5):
     return best
 
 
+def reference_steps(workload, device="cpu", precision="float32"):
+    """The reference's steps on `workload`'s batches: `{"train", "inference", "inverse"}`.
+
+    "train" is the authors' training step (SGD with momentum 0.9 and weight decay,
+    cross-entropy) in `train()` mode; "inference" the forward pass and "inverse" the inverse
+    of Phi(x) in `eval()` mode under `torch.no_grad()`. Each step switches the mode only when
+    it changes (a mode switch walks every module). `precision="bfloat16"` runs the forward
+    passes under `torch.autocast` (bfloat16 mixed precision; weights and the loss stay
+    float32).
+    """
+    autocast = torch.autocast(
+        device_type="cuda" if device.startswith("cuda") else "cpu",
+        dtype=torch.bfloat16,
+        enabled=precision == "bfloat16",
+    )
+    torch.manual_seed(0)
+    model = reference_model(workload.model).to(device)
+    classes = MODELS[workload.model]["classes"]
+    weight_decay = 5e-4 if workload.model == "cifar" else 1e-4
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=weight_decay)
+    size = workload.image_size
+    x = torch.randn(workload.train_batch, 3, size, size, device=device)
+    y = torch.randint(0, classes, (workload.train_batch,), device=device)
+    x_inference = torch.randn(workload.infer_batch, 3, size, size, device=device)
+    phi = []
+
+    def mode(training):
+        if model.training != training:
+            model.train(training)
+
+    def train():
+        mode(True)
+        optimizer.zero_grad()
+        with autocast:
+            logits, _ = model(x)
+        nn.functional.cross_entropy(logits.float(), y).backward()
+        optimizer.step()
+
+    def inference():
+        mode(False)
+        with torch.no_grad(), autocast:
+            return model(x_inference)
+
+    def inverse():
+        mode(False)
+        with torch.no_grad(), autocast:
+            if not phi:
+                phi.append(model.features(x_inference))
+            return model.inverse(phi[0])
+
+    return {"train": train, "inference": inference, "inverse": inverse}
+
+
 def measure(workload, device="cpu", precision="float32"):
-    """Yields one result dict per measurement of the reference on `workload`.
+    """Yields one result dict per measurement of the reference on `workload`
+    (`reference_steps`, timed).
 
     On a GPU each timed call ends with `torch.cuda.synchronize()` (its kernels are queued
     asynchronously), cuDNN picks its convolution algorithms by timing them
     (`cudnn.benchmark`, as the authors' training programs set it), and each training result
-    carries the step's peak of allocated bytes. `precision="bfloat16"` runs the forward
-    passes under `torch.autocast` (bfloat16 mixed precision; weights and the loss stay
-    float32).
+    carries the step's peak of allocated bytes.
     """
     cuda = device.startswith("cuda")
     if cuda:
@@ -92,48 +144,19 @@ def measure(workload, device="cpu", precision="float32"):
 
         return step
 
-    autocast = torch.autocast(
-        device_type="cuda" if cuda else "cpu",
-        dtype=torch.bfloat16,
-        enabled=precision == "bfloat16",
-    )
-    torch.manual_seed(0)
-    model = reference_model(workload.model).to(device)
-    classes = MODELS[workload.model]["classes"]
-    weight_decay = 5e-4 if workload.model == "cifar" else 1e-4
-    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=weight_decay)
-    size = workload.image_size
-    x = torch.randn(workload.train_batch, 3, size, size, device=device)
-    y = torch.randint(0, classes, (workload.train_batch,), device=device)
-
-    def train_step():
-        optimizer.zero_grad()
-        with autocast:
-            logits, _ = model(x)
-        nn.functional.cross_entropy(logits.float(), y).backward()
-        optimizer.step()
-
-    model.train()
+    steps = reference_steps(workload, device, precision)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     result = _result(
-        "train", workload.train_batch, *time_steps(synchronized(train_step), workload.steps)
+        "train", workload.train_batch, *time_steps(synchronized(steps["train"]), workload.steps)
     )
     if cuda:
         result["peak_bytes"] = torch.cuda.max_memory_allocated()
     yield result
-
-    model.eval()
-    x = torch.randn(workload.infer_batch, 3, size, size, device=device)
-    with torch.no_grad(), autocast:
-        phi = model.features(x)
-        for work, call in (
-            ("inference", lambda: model(x)),
-            ("inverse", lambda: model.inverse(phi)),
-        ):
-            yield _result(
-                work, workload.infer_batch, *time_steps(synchronized(call), workload.steps)
-            )
+    for work in ("inference", "inverse"):
+        yield _result(
+            work, workload.infer_batch, *time_steps(synchronized(steps[work]), workload.steps)
+        )
 
 
 def _result(work, batch, first, seconds):

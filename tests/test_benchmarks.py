@@ -180,7 +180,7 @@ def test_memory_targets_read_the_deepest_and_shallowest_measurements():
 def test_interleaved_alternates_the_two_steps_and_divides_their_medians(monkeypatch):
     # A clock that each step advances: ours takes 2 s per call, the reference 3 s, except
     # one slow call of each (a slow spell of the machine falls on both alike).
-    from benchmarks import interleaved
+    from benchmarks import interleaved, speed_reference
 
     calls, now = [], [0.0]
     durations = {"ours": iter([9, 9, 2, 2, 7, 2]), "reference": iter([9, 9, 3, 8, 3, 3])}
@@ -194,7 +194,7 @@ def test_interleaved_alternates_the_two_steps_and_divides_their_medians(monkeypa
 
     monkeypatch.setattr(interleaved, "WORKS", ("train",))
     monkeypatch.setattr(interleaved, "keras_steps", lambda workload, me: steps("ours"))
-    monkeypatch.setattr(interleaved, "reference_steps", lambda workload: steps("reference"))
+    monkeypatch.setattr(speed_reference, "reference_steps", lambda workload: steps("reference"))
     monkeypatch.setattr(interleaved.time, "perf_counter", lambda: now[0])
     (result,) = interleaved.compare(workloads(quick=True)[0], False, steps=4)
     assert calls == ["ours", "reference"] * 6  # two warm-up rounds, then four timed
