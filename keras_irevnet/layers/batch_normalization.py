@@ -266,17 +266,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
         from keras_irevnet.layers import torch_batch_norm
 
         kept, replay = getattr(_batch_statistics, "state", None) or (None, False)
+        recording = kept is not None and not replay
+        statistics = None  # (mean, invstd) to normalise with, where they are had apart
         if replay and kept and kept[0][0] == id(self):
-            _, mean, invstd = kept.popleft()
-            y = torch_batch_norm.normalized(inputs, gamma, beta, mean, invstd, self.epsilon)
-            return torch.relu_(y) if relu else y
-        if torch_batch_norm.few_channels(inputs):
+            statistics = kept.popleft()[1:]
+        elif torch_batch_norm.few_channels(inputs):
             mean, variance = torch_batch_norm.batch_statistics(inputs)
-            invstd = torch.rsqrt(variance + self.epsilon)
-            if kept is not None and not replay:
-                kept.append((id(self), mean, invstd))
+            statistics = (mean, torch.rsqrt(variance + self.epsilon))
             self._update_moving_statistics(mean, variance)
-            y = torch_batch_norm.normalized(inputs, gamma, beta, mean, invstd, self.epsilon)
+        if statistics is not None:
+            if recording:
+                kept.append((id(self), *statistics))
+            y = torch_batch_norm.normalized(inputs, gamma, beta, *statistics, self.epsilon)
             return torch.relu_(y) if relu else y
         x = inputs.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW
         # With momentum 1 the kernel writes the batch statistics into these two buffers
@@ -285,7 +286,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # that the scope can capture or discard the update).
         mean = torch.zeros_like(gamma)
         variance = torch.ones_like(gamma)
-        if kept is not None and not replay:
+        if recording:
             # The kernel `batch_norm` calls on CPU, which also returns what it normalised
             # with: the batch mean and inverse standard deviation.
             y, batch_mean, invstd = torch.ops.aten.native_batch_norm(
