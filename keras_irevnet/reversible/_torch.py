@@ -33,11 +33,11 @@ class _Chain:
         self.rng_states = {}
         self.checkpoints = None
         # The BatchNorms' batch statistics from the forward pass, in call order, and where
-        # each block's entries start: its recompute normalises with them (a few numbers
-        # per channel and call; each block's dropped once used).
+        # each block's entries start (they end where the next block's start): its recompute
+        # normalises with them (a few numbers per channel and call; dropped once used).
         self.batch_statistics = []
-        self.statistics_spans = {}  # id(block) -> [start, end or None for the last block]
-        self.previous_span = None
+        self.statistics_starts = []  # in block order, as the forward walks them
+        self.position = {id(b): i for i, b in enumerate(blocks)}
 
     def take_checkpoints(self):
         # The stored block inputs are kept here rather than saved for backward: saved
@@ -49,9 +49,7 @@ class _Chain:
         return checkpoints
 
     def before_block(self, block, x):
-        if self.previous_span is not None:
-            self.previous_span[1] = len(self.batch_statistics)
-        self.previous_span = self.statistics_spans[id(block)] = [len(self.batch_statistics), None]
+        self.statistics_starts.append(len(self.batch_statistics))
         # Keras' torch dropout draws an unseeded layer's mask from torch's global generator
         # (its fast path), not from the layer's seed state; so the recompute also needs the
         # global RNG state each block started from (as torch.utils.checkpoint keeps it).
@@ -61,8 +59,10 @@ class _Chain:
 
     def block_statistics(self, block):
         """The block's kept batch statistics, handed over (released from the chain)."""
-        start, end = self.statistics_spans[id(block)]
-        end = len(self.batch_statistics) if end is None else end
+        i = self.position[id(block)]
+        starts = self.statistics_starts
+        start = starts[i]
+        end = starts[i + 1] if i + 1 < len(starts) else len(self.batch_statistics)
         entries = collections.deque(self.batch_statistics[start:end])
         self.batch_statistics[start:end] = [None] * (end - start)
         return entries
