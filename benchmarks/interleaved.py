@@ -96,8 +96,6 @@ def _measure_here():
 
     chosen = {w.model: w for w in workloads(quick=True)}
     for name in FLAGS.models:
-        if name not in chosen:
-            raise app.UsageError(f"--models: expected cifar or bijective, got {name!r}.")
         for result in compare(chosen[name], FLAGS.memory_efficient, FLAGS.steps):
             result["backend"] = keras.backend.backend()
             print("RESULT " + json.dumps(result), flush=True)
@@ -115,6 +113,10 @@ def main(argv):
     del argv
     if FLAGS.steps < 1:
         raise app.UsageError(f"--steps: expected at least 1, got {FLAGS.steps}.")
+    unknown = [name for name in FLAGS.models if name not in ("cifar", "bijective")]
+    if unknown:
+        # Checked here, before any worker starts, not in each backend's worker.
+        raise app.UsageError(f"--models: expected cifar or bijective, got {unknown}.")
     if FLAGS.worker:
         _measure_here()
         return
