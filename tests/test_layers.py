@@ -689,6 +689,65 @@ def test_seeded_dropout_is_keras_dropout():
     )
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's Threefry hash")
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 5, 7), (16, 32, 32, 4)])
+def test_jax_dropout_mask_is_jax_bernoulli_bit_for_bit(shape):
+    # The hash written out must give JAX's own mask: same counters, rounds, key schedule
+    # and bits-to-uniform conversion (a slip in any of them changes most elements).
+    import jax
+
+    from keras_irevnet.layers import jax_dropout
+
+    assert jax_dropout.applies(shape)
+    compiled = jax.jit(jax_dropout.keep_mask, static_argnums=(1, 2))
+    for seed in [(0, 0), (7, 1), (0xFFFFFFFF, 12345), (987654321, 3)]:
+        seed = jax.numpy.array(seed, "uint32")
+        for keep in (0.9, 0.5, 0.123):
+            expected = np.asarray(jax.random.bernoulli(seed, keep, shape))
+            np.testing.assert_array_equal(np.asarray(compiled(seed, keep, shape)), expected)
+    np.testing.assert_array_equal(
+        np.asarray(jax_dropout.keep_mask(seed, 0.5, shape)),
+        np.asarray(jax.random.bernoulli(seed, 0.5, shape)),
+    )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's dropout")
+def test_jax_dropout_is_keras_dropout_with_the_same_seed_state_and_gradient():
+    # An unseeded layer draws from its own seed generator as Keras' layer does: with the
+    # same seed state, the same output and input gradient, op by op and compiled (as in a
+    # training step, the state passed in), and the state advanced alike (reversible
+    # backprop replays a mask by rewinding the state).
+    import jax
+
+    from keras_irevnet.layers import Dropout
+
+    x = preprocessed_photos(16, 4)
+    ours, keras_own = Dropout(0.3), keras.layers.Dropout(0.3)
+    keras_own.seed_generator.state.assign(ours.seed_generator.state.value)
+    state = ours.seed_generator.state.value
+
+    def gradient(layer, compiled):
+        if not compiled:
+            return np.asarray(jax.grad(lambda x: (layer(x, training=True) * x).sum())(x))
+
+        def loss(x, state):
+            y, _ = layer.stateless_call([], [state], x, training=True)
+            return (y * x).sum()
+
+        return np.asarray(jax.jit(jax.grad(loss))(x, state))
+
+    for compiled in (True, False):
+        ours_grad, keras_grad = (gradient(layer, compiled) for layer in (ours, keras_own))
+        np.testing.assert_array_equal(ours_grad, keras_grad)
+        assert 0.2 < float((ours_grad == 0).mean()) < 0.4
+    np.testing.assert_array_equal(
+        to_numpy(ours(x, training=True)), to_numpy(keras_own(x, training=True))
+    )
+    np.testing.assert_array_equal(
+        to_numpy(ours.seed_generator.state.value), to_numpy(keras_own.seed_generator.state.value)
+    )
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's global generator")
 def test_torch_dropout_mask_follows_the_global_generator_and_its_gradient():
     # Reversible backprop replays a block's dropout mask by restoring torch's generator

@@ -419,17 +419,20 @@ def test_jax_compiled_step_memory_is_flat_in_depth():
         return compiled.memory_analysis().temp_size_in_bytes
 
     shallow, deep, plain_deep = temp_bytes(True, 8), temp_bytes(True, 32), temp_bytes(False, 32)
-    # Measured: 888,088 bytes at 32 blocks, plain autodiff 7.7 MB (1/8.7). With Keras'
-    # BatchNorm instead of the JAX kernel, 741,528 and 752,280 bytes for 8 and 32 blocks
-    # and 7.6 MB plain: the kernel stores each BatchNorm's output once, which on this
-    # narrow stack adds to the working set of a block (on the CIFAR model at 54 blocks it
-    # is 56 against 60 MiB). Before each block's recompute waited for its output's
-    # gradients, XLA merged the first blocks' recomputes with their forward computations
-    # and kept the results to the end: 1,059,520 bytes at 32 blocks (1/7.2). Before each
-    # block's dropout seeds were tied to its input, XLA drew every mask at the start of the
-    # step and kept it.
+    # Measured: 887,384 and 930,392 bytes at 8 and 32 blocks, plain autodiff 6.79 MB
+    # (1/7.3). With Keras' JAX dropout, 915,736 and 955,736 bytes and 7.70 MB plain (1/8.1):
+    # plain autodiff kept each mask's 32 random bits per element besides the mask, which
+    # made the ratio look better (this bound was 1/8 then; without dropout the ratio is
+    # 913,872 against 6.65 MB, 1/7.3). With Keras' BatchNorm instead of the JAX kernel,
+    # 741,528 and 752,280 bytes: the kernel stores each BatchNorm's output once, which on
+    # this narrow stack adds to the working set of a block (on the CIFAR model at 54 blocks,
+    # 0.089 of plain: benchmarks.memory). Before each block's recompute waited for its
+    # output's gradients, XLA merged the first blocks' recomputes with their forward
+    # computations and kept the results to the end: 1,059,520 bytes at 32 blocks (above
+    # this bound). Before each block's dropout seeds were tied to its input, XLA drew every
+    # mask at the start of the step and kept it (growth in depth).
     assert deep <= 1.05 * shallow, (shallow, deep)
-    assert deep < plain_deep / 8, (deep, plain_deep)
+    assert deep < plain_deep / 7, (deep, plain_deep)
 
 
 def test_torch_saves_only_the_output_for_backward():
