@@ -26,14 +26,20 @@ demo: setup
 	$(PY) -m applications.export --model_path=$(RUN_DIR)/model.keras \
 		--saved_model_dir=$(RUN_DIR)/saved_model --onnx_path=$(RUN_DIR)/onnx
 
-# Lint and format check (ruff, configured in pyproject.toml), then one pytest process per
-# backend; all three run, and the target fails if any failed.
+# Lint and format check (ruff, configured in pyproject.toml), then one pytest run per
+# backend; all three run, and the target fails if any failed. Each run spreads its test files
+# over one worker process per CPU core (pytest-xdist; at most 4, each holds a backend and its
+# models in memory): the tests are single-threaded, mostly compiling and starting programs,
+# so two cores run the suite in a little over half the time. The order of the files is
+# tests/conftest.py's (the longest first). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: lint
 	@failed=""; \
 	for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend"; \
-		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS) \
-			|| failed="$$failed $$backend"; \
+		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider \
+			-n $(TEST_WORKERS) --maxprocesses=4 --dist=loadfile --no-loadscope-reorder \
+			$(PYTEST_ARGS) || failed="$$failed $$backend"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
 

@@ -1,24 +1,67 @@
 import os
+import subprocess
 import sys
 
+import pytest
+
 # JAX's suite is mostly XLA compiling small programs (each op run eagerly, each step of a
-# tiny model), and most of a compilation is LLVM optimising the generated code. Without
-# that optimisation the JAX suite takes 8.5 instead of 13.3 minutes. Everything XLA decides
-# before code generation is the same (fusions, buffer assignment: the memory tests read the
-# same bytes); results differ by float32 rounding (loops vectorised differently: a tiny
-# model's weights after three steps within 1.6e-6 relative), inside every test's bounds;
-# the generated code's speed is benchmarks/' business, run with XLA's defaults. Set before
-# Keras imports JAX, and inherited by the programs the tests start.
+# tiny model), and most of a compilation is code generation. Two of XLA's options make it
+# cheaper: no LLVM optimisation of the generated code (the JAX suite took 8.5 instead of
+# 13.3 minutes in one process), and XLA's older emitters for its fused loops instead of the
+# MLIR-based ones (a convolution's gradient compiles in 80 instead of 120 ms; test_model,
+# test_layers and test_reversible 1.3-1.6x faster). Everything XLA decides before code
+# generation is the same (fusions, buffer assignment: the memory tests read the same
+# bytes); results differ by float32 rounding (loops vectorised differently: a tiny model's
+# weights after three SGD steps within 9e-7 relative of XLA's defaults), inside every
+# test's bounds; the generated code's speed is benchmarks/' business, run with XLA's
+# defaults. Set before Keras imports JAX, and inherited by the programs the tests start
+# (and by pytest-xdist's workers, which then find them set). XLA aborts the process on a
+# flag it does not know, and a later jaxlib may drop one: each is tried in a child process
+# first, and one that is already in XLA_FLAGS is left as given.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def _xla_takes(flag):
+    env = dict(os.environ, XLA_FLAGS=flag)
+    check = [sys.executable, "-c", "import jax; jax.devices()"]
+    return subprocess.run(check, env=env, capture_output=True).returncode == 0
+
+
 if os.environ.get("KERAS_BACKEND") == "jax":
+    given = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = " ".join(
-        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"])
-    )
+        [given] + [f for f in TEST_XLA_FLAGS if f.split("=")[0] not in given and _xla_takes(f)]
+    ).strip()
 
 import keras  # noqa: E402
-import pytest
 
 # The repository root, so tests can import applications/ and benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# `make test` hands the test files to its worker processes (pytest-xdist, `--dist=loadfile`)
+# in collection order, two to each at first and one more whenever one is done. A long file
+# handed out last keeps one worker busy while the other waits: these, the suites' longest
+# (several programs in subprocesses, the full-size models, many compilations on JAX), go
+# first, the rest follow in pytest's order. It changes how long the suite takes, never what
+# it checks.
+LONGEST_FILES_FIRST = (
+    "test_train_faults.py",
+    "test_pretrained.py",
+    "test_model.py",
+    "test_reversible.py",
+    "test_layers.py",
+    "test_analysis.py",
+    "test_export_faults.py",
+    "test_train.py",
+    "test_export.py",
+    "test_weights_files.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def pytest_report_header(config):
