@@ -28,17 +28,19 @@ demo: setup
 
 # Lint and format check (ruff, configured in pyproject.toml), then one pytest run per
 # backend; all three run, and the target fails if any failed. Each run spreads its test files
-# over one worker process per CPU core (pytest-xdist; at most 4, each holds a backend and its
-# models in memory): the tests are single-threaded, mostly compiling and starting programs,
-# so two cores run the suite in a little over half the time. The order of the files is
-# tests/conftest.py's (the longest first). TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= auto
+# over one worker process per CPU this process may run on (pytest-xdist; at most 4, each
+# holds a backend and its models in memory): the tests are single-threaded, mostly compiling
+# and starting programs, so two CPUs run the suite in a little over half the time. (xdist's
+# own "auto" counts physical cores, one on a 2-vCPU machine whose vCPUs are one core's two
+# threads.) The order of the files is tests/conftest.py's (the longest first).
+# TEST_WORKERS=0 runs each suite in one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 test: lint
 	@failed=""; \
 	for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend"; \
 		KERAS_BACKEND=$$backend $(PY) -m pytest tests -q -p no:cacheprovider \
-			-n $(TEST_WORKERS) --maxprocesses=4 --dist=loadfile --no-loadscope-reorder \
+			-n $(TEST_WORKERS) --dist=loadfile --no-loadscope-reorder \
 			$(PYTEST_ARGS) || failed="$$failed $$backend"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi
