@@ -34,7 +34,7 @@ demo: setup
 # own "auto" counts physical cores, one on a 2-vCPU machine whose vCPUs are one core's two
 # threads.) The order of the files is tests/conftest.py's (the longest first).
 # TEST_WORKERS=0 runs each suite in one process.
-TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; cpus = os.sched_getaffinity(0) if hasattr(os, \"sched_getaffinity\") else range(os.cpu_count() or 1); print(min(4, len(cpus)))")
 test: lint
 	@failed=""; \
 	for backend in $(BACKENDS); do \
