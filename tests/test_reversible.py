@@ -6,6 +6,7 @@ injective block (3 channels padded to 16) followed by a stride-1 block, stage 1 
 stride-2 block. Errors are relative, per tensor: ||me - plain|| <= tol * ||plain||.
 """
 
+import collections
 import os
 import subprocess
 import sys
@@ -486,6 +487,41 @@ def test_torch_recompute_takes_the_forward_batch_statistics():
     plain, efficient = kernel_calls(False), kernel_calls(True)
     assert plain >= 6, plain  # two BatchNorms per block or more, and the head's
     assert efficient == plain, (efficient, plain)
+
+
+def test_tensorflow_recompute_takes_the_forward_batch_statistics():
+    # As on torch: the recompute of F normalises with the batch statistics of the forward
+    # pass, in one pass of TensorFlow's inference kernel, so the step's graph holds as many
+    # training-mode BatchNorms (which compute the statistics) as a plain step's, and one
+    # inference-mode BatchNorm per recomputed call. (Its gradients are still training
+    # mode's: the exactness test above.)
+    if BACKEND != "tensorflow":
+        pytest.skip("counts the operations of TensorFlow's graph")
+    import tensorflow as tf
+
+    def batch_norms(memory_efficient):
+        model = tiny_model(memory_efficient, dropout=0.2)
+        weights = [v.value for v in model.trainable_variables]
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=True) ** 2)
+            return tape.gradient(loss, weights)
+
+        graph = step.get_concrete_function(tf.constant(inputs())).graph.as_graph_def()
+        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        return collections.Counter(
+            (n.op, n.attr["is_training"].b) for n in nodes if n.op.startswith("FusedBatchNorm")
+        )
+
+    plain, efficient = batch_norms(False), batch_norms(True)
+    training = ("FusedBatchNormV3", True)
+    assert plain[training] >= 6, plain  # two BatchNorms per block or more, and the head's
+    assert efficient[training] == plain[training], (efficient, plain)
+    # Every BatchNorm of the blocks, replayed: all but the head's.
+    assert efficient[("FusedBatchNormV3", False)] == plain[training] - 1, (efficient, plain)
+    assert plain[("FusedBatchNormV3", False)] == 0, plain
 
 
 def _dropout_classifier(blocks, memory_efficient):

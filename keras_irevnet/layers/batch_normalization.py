@@ -38,11 +38,13 @@ def kept_batch_statistics(kept, replay):
 
     For reversible backprop's recompute of F, which calls F's layers in the order the forward
     pass did, on exactly the inputs the forward pass gave them: the forward appends
-    `(id(layer), mean, inverse standard deviation)` to the list `kept` at each call (a few
-    numbers per channel), and the recompute takes them from the front of the deque `kept`
-    (the entries of one block, in order) instead of computing them again. torch's fused path
-    only (`keras_irevnet.layers.torch_batch_norm`; the gradient stays that of training mode,
-    through the batch statistics); the other paths compute the statistics as before.
+    `(id(layer), ...)` to the list `kept` at each call (a few numbers per channel: torch's
+    path keeps the mean and inverse standard deviation, TensorFlow's the mean, the variance
+    and its kernel's two per-channel reserve spaces), and the recompute takes them from the
+    front of the deque `kept` (the entries of one block, in order) instead of computing them
+    again. The fused paths of torch (`keras_irevnet.layers.torch_batch_norm`) and of
+    TensorFlow on the CPU only; the gradient stays that of training mode, through the batch
+    statistics. The other paths compute the statistics as before.
     """
     previous = getattr(_batch_statistics, "state", None)
     _batch_statistics.state = (kept, replay)
@@ -50,6 +52,20 @@ def kept_batch_statistics(kept, replay):
         yield
     finally:
         _batch_statistics.state = previous
+
+
+def _tensorflow_kept_statistics():
+    """`(kept, replay)` of `kept_batch_statistics` where TensorFlow's fused path keeps them:
+    on the CPU. (A GPU's training kernel hands its gradient a third reserve space, cuDNN's,
+    which the replay does not keep; there the statistics are computed again.)"""
+    state = getattr(_batch_statistics, "state", None)
+    if state is None:
+        return None, False
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return None, False
+    return state
 
 
 @keras.saving.register_keras_serializable(package="keras_irevnet")
@@ -67,7 +83,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     - TensorFlow, training and inference: `FusedBatchNormV3` (and its fused gradient). Not
       under XLA (`jit_compile=True`), whose CPU lowering of the fused op is slower than
-      Keras' ops.
+      Keras' ops. On the CPU, reversible backprop's recompute normalises with the batch
+      statistics the forward pass kept, through the inference kernel, with training
+      mode's gradient (`kept_batch_statistics`).
     - JAX on CPU, training: `keras_irevnet.layers.jax_batch_norm`, whose reductions are
       matrix products and whose gradient is written out; XLA's CPU lowering of Keras' ops
       and of their derivative is several times slower. Forward-mode autodiff (`jax.jvp`)
@@ -216,12 +234,72 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 is_training=False,
             )
             return outputs
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, gamma, beta, epsilon=self.epsilon, is_training=True
+        kept, replay = _tensorflow_kept_statistics()
+        if replay and kept and kept[0][0] == id(self):
+            return self._tensorflow_replayed_batch_norm(inputs, gamma, beta, *kept.popleft()[1:])
+        # The op itself rather than tf.compat.v1.nn.fused_batch_norm, which drops the
+        # reserve spaces the training-mode gradient reads.
+        outputs, mean, variance, reserve_mean, reserve_variance, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs,
+            scale=gamma,
+            offset=beta,
+            mean=tf.constant([], gamma.dtype),
+            variance=tf.constant([], gamma.dtype),
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=True,
         )
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
+        if kept is not None and not replay:
+            # Kept: what the kernel normalised with (the biased variance) and the two
+            # per-channel reserve spaces its gradient reads. Not the third: oneDNN's is
+            # activation-sized, and only GPU kernels read it.
+            biased = variance * ((count - 1.0) / count)
+            kept.append((id(self), mean, biased, reserve_mean, reserve_variance))
         self._update_moving_statistics(mean, variance, count)
         return outputs
+
+    def _tensorflow_replayed_batch_norm(
+        self, inputs, gamma, beta, mean, variance, reserve_mean, reserve_variance
+    ):
+        """The training-mode BatchNorm of `inputs` with batch statistics kept from the same
+        call in the forward pass: normalised in one pass by the inference kernel, with the
+        gradient of training mode (through the batch statistics), TensorFlow's own kernel
+        for it given the forward call's reserve spaces."""
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def replayed(x, scale, offset):
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                scale,
+                offset,
+                mean=mean,
+                variance=variance,
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+
+            def gradient(output_gradient):
+                dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=output_gradient,
+                    x=x,
+                    scale=scale,
+                    reserve_space_1=reserve_mean,
+                    reserve_space_2=reserve_variance,
+                    reserve_space_3=tf.constant([], scale.dtype),
+                    epsilon=self.epsilon,
+                    data_format="NHWC",
+                    is_training=True,
+                )
+                return dx, dscale, doffset
+
+            return outputs, gradient
+
+        # Tensors, not the variables Keras' convert_to_tensor may hand back: a custom gradient
+        # would have to return gradients for variables read inside it.
+        return replayed(inputs, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta))
 
     def _jax_fused_call(self, inputs, training, relu=False):
         from keras_irevnet.layers import jax_batch_norm

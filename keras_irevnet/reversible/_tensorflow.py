@@ -6,12 +6,15 @@ from keras_irevnet import _compat
 from keras_irevnet.reversible import _walk
 
 
-def _residual_vjp(seed_variables, seed_values, training):
+def _residual_vjp(seed_variables, seed_values, statistics, training):
     def residual_vjp(block, a2, block_output_grads):
         del block_output_grads  # the graph's order comes from _barrier
         with tf.GradientTape() as tape:
             tape.watch(a2)
-            with _walk.recompute_scope(seed_variables, seed_values):
+            with (
+                _walk.recompute_scope(seed_variables, seed_values),
+                statistics.replaying(block),
+            ):
                 fa2 = block.residual_call(a2, training=training)
         # The trainable tf.Variables F read (the tape watches those automatically): the same
         # objects TensorFlow lists in the `variables` of the gradient function.
@@ -38,6 +41,11 @@ def _barrier(tensors):
 
 def reversible_blocks(blocks, inputs, training):
     seed_variables = _walk.seed_states(blocks)
+    statistics = _walk.BatchStatistics(blocks)
+
+    def before_block(block, x):
+        statistics.before_block(block)
+        return x
 
     @tf.custom_gradient
     def run(x1, x2):
@@ -45,8 +53,10 @@ def reversible_blocks(blocks, inputs, training):
         seed_values = [tf.identity(v) for v in _walk.raw_values(seed_variables)]
         # An enclosing eager GradientTape must not record the forward (it would keep every
         # activation alive).
-        with _compat.tensorflow_stop_recording():
-            outputs, checkpoints = _walk.forward(blocks, (x1, x2), training)
+        with _compat.tensorflow_stop_recording(), statistics.recording():
+            outputs, checkpoints = _walk.forward(
+                blocks, (x1, x2), training, before_block=before_block
+            )
         outputs = tuple(tf.identity(y) for y in outputs)
 
         def grad(*output_grads, variables=None):
@@ -54,7 +64,7 @@ def reversible_blocks(blocks, inputs, training):
                 blocks,
                 outputs,
                 output_grads,
-                _residual_vjp(seed_variables, seed_values, training),
+                _residual_vjp(seed_variables, seed_values, statistics, training),
                 checkpoints,
                 barrier=_barrier,
             )

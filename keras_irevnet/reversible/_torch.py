@@ -1,11 +1,9 @@
 """Reversible backprop on PyTorch: a `torch.autograd.Function` with `torch.autograd.grad`."""
 
-import collections
 import contextlib
 
 import torch
 
-from keras_irevnet.layers.batch_normalization import kept_batch_statistics
 from keras_irevnet.reversible import _walk
 
 
@@ -32,12 +30,7 @@ class _Chain:
         self.seed_values = None
         self.rng_states = {}
         self.checkpoints = None
-        # The BatchNorms' batch statistics from the forward pass, in call order, and where
-        # each block's entries start (they end where the next block's start): its recompute
-        # normalises with them (a few numbers per channel and call; dropped once used).
-        self.batch_statistics = []
-        self.statistics_starts = []  # in block order, as the forward walks them
-        self.position = {id(b): i for i, b in enumerate(blocks)}
+        self.batch_statistics = _walk.BatchStatistics(blocks)
 
     def take_checkpoints(self):
         # The stored block inputs are kept here rather than saved for backward: saved
@@ -49,23 +42,13 @@ class _Chain:
         return checkpoints
 
     def before_block(self, block, x):
-        self.statistics_starts.append(len(self.batch_statistics))
+        self.batch_statistics.before_block(block)
         # Keras' torch dropout draws an unseeded layer's mask from torch's global generator
         # (its fast path), not from the layer's seed state; so the recompute also needs the
         # global RNG state each block started from (as torch.utils.checkpoint keeps it).
         cuda = torch.cuda.get_rng_state() if _cuda_in_use() else None
         self.rng_states[id(block)] = (torch.get_rng_state(), cuda)
         return x
-
-    def block_statistics(self, block):
-        """The block's kept batch statistics, handed over (released from the chain)."""
-        i = self.position[id(block)]
-        starts = self.statistics_starts
-        start = starts[i]
-        end = starts[i + 1] if i + 1 < len(starts) else len(self.batch_statistics)
-        entries = collections.deque(self.batch_statistics[start:end])
-        self.batch_statistics[start:end] = [None] * (end - start)
-        return entries
 
     @contextlib.contextmanager
     def replayed_rng(self, block):
@@ -90,7 +73,7 @@ class _Chain:
             torch.enable_grad(),
             self.replayed_rng(block),
             _walk.recompute_scope(seeds, values),
-            kept_batch_statistics(self.block_statistics(block), replay=True),
+            self.batch_statistics.replaying(block),
         ):
             fa2 = block.residual_call(a2, training=self.training)
 
@@ -111,7 +94,7 @@ class _ReversibleBlocks(torch.autograd.Function):
             id(v): value.clone()
             for v, value in zip(chain.seed_variables, _walk.raw_values(chain.seed_variables))
         }
-        with kept_batch_statistics(chain.batch_statistics, replay=False):
+        with chain.batch_statistics.recording():
             outputs, checkpoints = _walk.forward(
                 chain.blocks, (x1, x2), chain.training, before_block=chain.before_block
             )

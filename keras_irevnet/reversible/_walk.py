@@ -8,12 +8,16 @@ used (`keras_irevnet.layers.AdditiveCoupling`: `coupling_forward`, `coupling_bac
 so any stack of additive couplings runs here, whatever its F.
 """
 
+import collections
 import contextlib
 
 import keras
 
 from keras_irevnet.layers.additive_coupling import final, walk
-from keras_irevnet.layers.batch_normalization import frozen_moving_statistics
+from keras_irevnet.layers.batch_normalization import (
+    frozen_moving_statistics,
+    kept_batch_statistics,
+)
 
 
 def checkpoint_indices(blocks):
@@ -97,6 +101,40 @@ def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=N
             key = id(variable)
             weight_grads[key] = grad if key not in weight_grads else weight_grads[key] + grad
     return grads, weight_grads
+
+
+class BatchStatistics:
+    """The BatchNorms' batch statistics from the forward pass, per block, for the recompute.
+
+    The forward pass runs inside `recording()`, with `before_block` called before each block
+    (`forward`'s hook); each block's recompute inside `replaying(block)` then normalises with
+    the statistics of that block's calls instead of computing them again (a few numbers per
+    channel and call; see `kept_batch_statistics` for the BatchNorms that keep them).
+    """
+
+    def __init__(self, blocks):
+        self.position = {id(block): i for i, block in enumerate(blocks)}
+        self.entries = []  # in call order, as the forward pass makes them
+        self.starts = []  # where each block's entries start, in block order
+
+    def before_block(self, block):
+        self.starts.append(len(self.entries))
+
+    def recording(self):
+        return kept_batch_statistics(self.entries, replay=False)
+
+    def replaying(self, block):
+        """Replays `block`'s entries, handed over (released here) so that each lives only
+        until its block's recompute. A second recompute of the block (a persistent tape's
+        second gradient) finds none and computes the statistics as usual."""
+        i = self.position[id(block)]
+        if i >= len(self.starts):
+            return kept_batch_statistics(collections.deque(), replay=True)
+        start = self.starts[i]
+        end = self.starts[i + 1] if i + 1 < len(self.starts) else len(self.entries)
+        entries = collections.deque(e for e in self.entries[start:end] if e is not None)
+        self.entries[start:end] = [None] * (end - start)
+        return kept_batch_statistics(entries, replay=True)
 
 
 def unique_variables(variables):
