@@ -251,13 +251,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
             is_training=True,
         )
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
+        biased = variance * ((count - 1.0) / count)  # what the kernel normalised with
         if kept is not None and not replay:
-            # Kept: what the kernel normalised with (the biased variance) and the two
-            # per-channel reserve spaces its gradient reads. Not the third: oneDNN's is
-            # activation-sized, and only GPU kernels read it.
-            biased = variance * ((count - 1.0) / count)
+            # Kept with the two per-channel reserve spaces the gradient reads. Not the
+            # third: oneDNN's is activation-sized, and only GPU kernels read it.
             kept.append((id(self), mean, biased, reserve_mean, reserve_variance))
-        self._update_moving_statistics(mean, variance, count)
+        self._update_moving_statistics(mean, biased)
         return outputs
 
     def _tensorflow_replayed_batch_norm(

@@ -128,8 +128,6 @@ class BatchStatistics:
         until its block's recompute. A second recompute of the block (a persistent tape's
         second gradient) finds none and computes the statistics as usual."""
         i = self.position[id(block)]
-        if i >= len(self.starts):
-            return kept_batch_statistics(collections.deque(), replay=True)
         start = self.starts[i]
         end = self.starts[i + 1] if i + 1 < len(self.starts) else len(self.entries)
         entries = collections.deque(e for e in self.entries[start:end] if e is not None)
