@@ -34,11 +34,17 @@ JIT_MODES = {
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Seconds of each train / predict step, measured once its outputs exist."""
+    """Seconds of each train / predict step, measured once its outputs exist.
 
-    def __init__(self):
+    `between_steps`, where given, is called after each step is timed (and timed apart, in
+    `between_seconds`): `benchmarks.interleaved` runs the reference's step there, so that a
+    `fit` call's steps alternate with the reference's."""
+
+    def __init__(self, between_steps=None):
         super().__init__()
         self.seconds = []
+        self.between_steps = between_steps
+        self.between_seconds = []
         self._start = None
 
     def _begin(self, batch, logs=None):
@@ -48,6 +54,10 @@ class StepTimer(keras.callbacks.Callback):
         for value in keras.tree.flatten(logs or {}):
             keras.ops.convert_to_numpy(value)  # waits for asynchronous dispatch
         self.seconds.append(time.perf_counter() - self._start)
+        if self.between_steps is not None:
+            start = time.perf_counter()
+            self.between_steps()
+            self.between_seconds.append(time.perf_counter() - start)
 
     on_train_batch_begin = on_predict_batch_begin = _begin
     on_train_batch_end = on_predict_batch_end = _end

@@ -177,29 +177,97 @@ def test_memory_targets_read_the_deepest_and_shallowest_measurements():
     assert "0.250 of plain at 54 blocks (NOT met" in jax and "= 3.00 (NOT met" in jax
 
 
-def test_interleaved_alternates_the_two_steps_and_divides_their_medians(monkeypatch):
-    # A clock that each step advances: ours takes 2 s per call, the reference 3 s, except
-    # one slow call of each (a slow spell of the machine falls on both alike).
+def _fake_clock_work(monkeypatch, durations):
+    """Keras work and reference steps that advance a fake clock by the next of
+    `durations[name]` each; `fit` runs its steps between a real StepTimer's batch hooks.
+    Returns the list of steps run, by name."""
     from benchmarks import interleaved, speed_reference
 
     calls, now = [], [0.0]
-    durations = {"ours": iter([9, 9, 2, 2, 7, 2]), "reference": iter([9, 9, 3, 8, 3, 3])}
 
-    def steps(name):
-        def step():
+    def step(name):
+        def run():
             calls.append(name)
             now[0] += next(durations[name])
 
-        return {"train": step}
+        return run
 
-    monkeypatch.setattr(interleaved, "WORKS", ("train",))
-    monkeypatch.setattr(interleaved, "keras_steps", lambda workload, me: steps("ours"))
-    monkeypatch.setattr(speed_reference, "reference_steps", lambda workload: steps("reference"))
+    def work(workload, memory_efficient):
+        name = "reversible" if memory_efficient else "plain"
+
+        def fit(callback, steps):
+            for batch in range(steps):
+                callback.on_train_batch_begin(batch)
+                step(name + " fit")()
+                callback.on_train_batch_end(batch, {})
+
+        return {"train": {"on_batch": step(name), "fit": fit}}
+
+    monkeypatch.setattr(interleaved, "keras_work", work)
+    monkeypatch.setattr(
+        speed_reference, "reference_steps", lambda workload: {"train": step("reference")}
+    )
     monkeypatch.setattr(interleaved.time, "perf_counter", lambda: now[0])
-    (result,) = interleaved.compare(workloads(quick=True)[0], False, steps=4)
-    assert calls == ["ours", "reference"] * 6  # two warm-up rounds, then four timed
-    assert (result["keras_seconds"], result["reference_seconds"]) == (2.0, 3.0)
-    assert result["x_reference"] == 1.5
+    return calls
+
+
+def test_interleaved_alternates_the_steps_and_divides_their_medians(monkeypatch):
+    # Ours takes 2 s per call, the reference 3 s, except one slow call of each (a slow spell
+    # of the machine falls on both alike); within `fit`, ours takes 4 s.
+    from benchmarks import interleaved
+
+    durations = {
+        "plain": iter([9, 9, 2, 2, 7, 2]),
+        "plain fit": iter([9, 9, 4, 4, 9, 4]),
+        "reference": iter([9, 9, 3, 8, 3, 3] + [9, 9, 3, 3, 8, 3]),
+    }
+    calls = _fake_clock_work(monkeypatch, durations)
+    on_batch, fit = interleaved.compare(workloads(quick=True)[0], False, steps=4)
+    assert calls == ["plain", "reference"] * 6 + ["plain fit", "reference"] * 6
+    assert (on_batch["call"], fit["call"]) == ("train_on_batch", "fit")
+    assert (on_batch["keras_seconds"], on_batch["reference_seconds"]) == (2.0, 3.0)
+    assert on_batch["x_reference"] == 1.5
+    assert (fit["keras_seconds"], fit["reference_seconds"]) == (4.0, 3.0)
+    assert fit["x_reference"] == 0.75
+    assert "time_over_plain" not in on_batch and "time_over_plain" not in fit
+
+
+def test_interleaved_takes_turns_between_plain_and_reversible_training(monkeypatch):
+    # Plain steps take 2 s, reversible ones 3 s (1.5x); in `fit`, 4 s and 5 s. Each is
+    # followed by a reference step; `fit` calls of two timed steps take turns, each call's
+    # first step (the first call's first two) untimed.
+    from benchmarks import interleaved
+
+    durations = {
+        "plain": iter([2] * 6),
+        "reversible": iter([3] * 6),
+        "plain fit": iter([9, 9, 4, 4, 9, 4, 4]),
+        "reversible fit": iter([9, 9, 5, 5, 9, 5, 5]),
+        "reference": iter([1] * 12 + [1] * 14),
+    }
+    calls = _fake_clock_work(monkeypatch, durations)
+    plain, reversible, plain_fit, reversible_fit = interleaved.compare(
+        workloads(quick=True)[0], True, steps=4
+    )
+    on_batch_round = ["plain", "reference", "reversible", "reference"]
+    plain_call, reversible_call = (["plain fit", "reference"], ["reversible fit", "reference"])
+    assert calls == (
+        on_batch_round * 6
+        + plain_call * 4
+        + reversible_call * 4
+        + plain_call * 3
+        + reversible_call * 3
+    )
+    assert [r["memory_efficient"] for r in (plain, reversible, plain_fit, reversible_fit)] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert reversible["time_over_plain"] == 1.5
+    assert reversible_fit["time_over_plain"] == 1.25
+    assert (reversible_fit["keras_seconds"], reversible_fit["x_reference"]) == (5.0, 0.2)
+    assert "time_over_plain" not in plain and "time_over_plain" not in plain_fit
 
 
 @once_in("torch", "real steps of the Keras model and the reference, small batches")
@@ -210,7 +278,17 @@ def test_interleaved_measures_real_steps_of_both_models():
 
     tiny = dataclasses.replace(workloads(quick=True)[0], train_batch=2, infer_batch=2)
     results = list(interleaved.compare(tiny, memory_efficient=True, steps=1))
-    assert [r["work"] for r in results] == ["train", "inference"]
+    assert [(r["work"], r["call"], r["memory_efficient"]) for r in results] == [
+        ("train", "train_on_batch", False),
+        ("train", "train_on_batch", True),
+        ("train", "fit", False),
+        ("train", "fit", True),
+        ("inference", "predict_on_batch", False),
+        ("inference", "predict", False),
+        ("inverse", "predict_on_batch", False),
+        ("inverse", "predict", False),
+    ]
     for r in results:
         assert r["keras_seconds"] > 0 and r["reference_seconds"] > 0
         assert r["x_reference"] == pytest.approx(r["reference_seconds"] / r["keras_seconds"])
+    assert [r.get("time_over_plain", 0) > 0 for r in results] == [False, True] * 2 + [False] * 4
