@@ -154,7 +154,13 @@ def within_calls(variants, reference, steps):
             ours, references = seconds[name]
             untimed = 1 if ours else WARMUP_STEPS
             timer = StepTimer(between_steps=reference)
-            run(timer, untimed + min(per_call, steps - len(ours)))
+            batches = untimed + min(per_call, steps - len(ours))
+            run(timer, batches)
+            if len(timer.seconds) <= untimed:  # would loop forever
+                raise RuntimeError(
+                    f"a call over {batches} batches reported {len(timer.seconds)} steps to its "
+                    f"callback, expected {batches}"
+                )
             ours += timer.seconds[untimed:]
             references += timer.between_seconds[untimed:]
     return seconds

@@ -270,6 +270,18 @@ def test_interleaved_takes_turns_between_plain_and_reversible_training(monkeypat
     assert "time_over_plain" not in plain and "time_over_plain" not in plain_fit
 
 
+def test_interleaved_fails_when_fit_reports_no_steps(monkeypatch):
+    # A `fit` whose steps never reach the callback (as with steps_per_execution > 1 and
+    # few batches) would leave the rounds waiting for timings forever.
+    from benchmarks import interleaved
+
+    _fake_clock_work(monkeypatch, {"plain": iter([1] * 6), "reference": iter([1] * 6)})
+    silent = {"train": {"on_batch": lambda: None, "fit": lambda callback, steps: None}}
+    monkeypatch.setattr(interleaved, "keras_work", lambda workload, memory_efficient: silent)
+    with pytest.raises(RuntimeError, match="reported 0 steps to its callback, expected 6"):
+        list(interleaved.compare(workloads(quick=True)[0], False, steps=4, calls=("fit",)))
+
+
 @once_in("torch", "real steps of the Keras model and the reference, small batches")
 def test_interleaved_measures_real_steps_of_both_models():
     import dataclasses
