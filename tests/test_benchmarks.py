@@ -304,3 +304,93 @@ def test_interleaved_measures_real_steps_of_both_models():
         assert r["keras_seconds"] > 0 and r["reference_seconds"] > 0
         assert r["x_reference"] == pytest.approx(r["reference_seconds"] / r["keras_seconds"])
     assert [r.get("time_over_plain", 0) > 0 for r in results] == [False, True] * 2 + [False] * 4
+
+
+def test_before_after_pairs_each_measurement_of_the_two_states():
+    from benchmarks import before_after
+
+    def result(backend, work, x, memory_efficient=False, over_plain=None):
+        r = dict(
+            backend=backend,
+            model="cifar",
+            work=work,
+            call="train_on_batch" if work == "train" else "predict_on_batch",
+            memory_efficient=memory_efficient,
+            x_reference=x,
+        )
+        if over_plain is not None:
+            r["time_over_plain"] = over_plain
+        return r
+
+    before = [
+        result("torch", "train", 0.8),
+        result("torch", "train", 0.5, memory_efficient=True, over_plain=1.6),
+        result("jax", "inference", 0.5),  # a measurement only one state has
+    ]
+    after = [
+        result("torch", "train", 1.1),
+        result("torch", "train", 0.9, memory_efficient=True, over_plain=1.22),
+    ]
+    rows = before_after.table(before, after, ("old", "new")).splitlines()
+    assert "old: x ref" in rows[0] and "new: time / plain" in rows[0]
+    assert rows[2:] == [
+        "| jax | cifar | inference | predict_on_batch | False | 0.50x |  |  |  |",
+        "| torch | cifar | train | train_on_batch | False | 0.80x | 1.10x |  |  |",
+        "| torch | cifar | train | train_on_batch | True | 0.50x | 0.90x | 1.60x | 1.22x |",
+    ]
+
+
+def test_op_profile_counts_convolutions_apart_from_the_rest():
+    from benchmarks import op_profile
+
+    times = {
+        "_MklNativeFusedConv2D": (10.0, 4),  # TensorFlow's kernels
+        "_MklMatMul": (2.0, 1),
+        "Conv2DBackpropFilter": (3.0, 1),
+        "aten::mkldnn_convolution": (5.0, 3),  # torch's operators
+        "aten::convolution_backward": (4.0, 3),
+        "aten::addmm": (1.0, 1),
+        "aten::mm": (0.5, 1),
+        "_MklNativeFusedBatchNormEx": (6.0, 2),
+        "aten::native_batch_norm": (1.5, 2),
+        "aten::sum": (0.25, 1),
+        "AddV2": (0.75, 4),
+    }
+    assert op_profile.split(times) == (25.5, 8.5)
+
+
+@pytest.mark.parametrize("work", ["inference", "train"])
+def test_op_profile_sees_every_convolution_of_a_real_step(work):
+    import keras
+    import numpy as np
+
+    import keras_irevnet
+    from benchmarks import op_profile
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        pytest.skip("op_profile profiles TensorFlow and torch")
+    profile = {"tensorflow": op_profile.tensorflow_op_times, "torch": op_profile.torch_op_times}
+    model = keras_irevnet.IRevNetCIFAR(classifier_activation=None)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    convolutions = sum(isinstance(layer, keras.layers.Conv2D) for layer in model._flatten_layers())
+    assert convolutions == 3 * sum(model.stage_blocks)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    y = np.array([1, 2])
+    if work == "train":
+        step = lambda: model.train_on_batch(x, y)  # noqa: E731
+    else:
+        step = lambda: model.predict_on_batch(x)  # noqa: E731
+    for _ in range(2):
+        step()
+    times = profile[backend](step, steps=2)
+    # Each convolution layer runs once per forward pass: TensorFlow's forward kernels (fused
+    # with a BatchNorm, a ReLU or a padding or not) are "...Conv2D", torch's "aten::conv2d".
+    if backend == "tensorflow":
+        forward = [name for name in times if name.endswith("Conv2D")]
+    else:
+        forward = ["aten::conv2d"]
+    assert sum(times[name][1] for name in forward) == convolutions
+    convolution_ms, other_ms = op_profile.split(times)
+    assert convolution_ms > 0 and other_ms > 0
+    assert all(ms >= 0 and calls > 0 for ms, calls in times.values())
