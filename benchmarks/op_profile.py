@@ -21,11 +21,11 @@ import collections
 import glob
 import os
 import re
-import statistics
 import tempfile
-import time
 
 from absl import app, flags
+
+from benchmarks.speed_setup import time_steps, workloads
 
 FLAGS = flags.FLAGS
 WORKS = ("train", "inference", "inverse")
@@ -53,7 +53,7 @@ def _define_flags():
     flags.DEFINE_bool("quick", True, "The quick benchmark's batches (ImageNet model: 4).")
     flags.DEFINE_integer("steps", 3, "Profiled steps of each, after two warm-up steps.")
     flags.DEFINE_integer("rows", 15, "Operation types listed per side.")
-    flags.DEFINE_string("output_dir", "runs/benchmarks/op_profile", "Where the JSON goes.")
+    flags.DEFINE_string("output_dir", "runs/benchmarks/op_profile", "Where the tables and JSON go.")
 
 
 def torch_op_times(step, steps):
@@ -109,20 +109,10 @@ def split(op_times):
     return convolution, sum(ms for ms, _ in op_times.values()) - convolution
 
 
-def _wall_seconds(step, steps):
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _steps():
     """(the Keras model's step, the reference's), on the chosen workload."""
     from benchmarks.interleaved import keras_work
     from benchmarks.speed_reference import reference_steps
-    from benchmarks.speed_setup import workloads
 
     (workload,) = [w for w in workloads(FLAGS.quick) if w.model == FLAGS.model]
     if FLAGS.memory_efficient and FLAGS.work != "train":
@@ -163,9 +153,8 @@ def main(argv):
         (f"keras_irevnet ({backend})", ours, profilers[backend]),
         ("reference (torch)", reference, torch_op_times),
     ):
-        for _ in range(2):
-            step()
-        wall = _wall_seconds(step, FLAGS.steps)
+        step()  # the first of two warm-up steps; `time_steps` runs the second
+        wall = time_steps(step, FLAGS.steps)[1]
         results[name] = {"wall_seconds": wall, "op_times": profiler(step, FLAGS.steps)}
         tables.append(_table(name, results[name]["op_times"], wall, FLAGS.rows))
         print(tables[-1], flush=True)
