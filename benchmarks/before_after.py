@@ -12,8 +12,8 @@ reference before and after; for memory-efficient training also its time over pla
 `--output_dir`; each state's `interleaved.json` goes in a folder of its own there.
 """
 
-import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,14 +44,15 @@ def _git(*args, cwd=ROOT):
 
 def _interleaved(checkout, backend, output_dir):
     """`benchmarks.interleaved` for one backend, run in `checkout` with its library."""
+    from keras_irevnet import atomic  # imports Keras: not at start-up, the workers need it
+
     command = [sys.executable, "-m", "benchmarks.interleaved", f"--backends={backend}"]
     command += [f"--models={','.join(FLAGS.models)}", f"--calls={','.join(FLAGS.calls)}"]
     command += [f"--memory_efficient={FLAGS.memory_efficient}", f"--steps={FLAGS.steps}"]
     command += [f"--output_dir={output_dir}"]
     env = dict(os.environ, PYTHONPATH=checkout)  # its own keras_irevnet, not the installed one
     subprocess.run(command, cwd=checkout, env=env, check=True, capture_output=True, text=True)
-    with open(os.path.join(output_dir, "interleaved.json")) as f:
-        return json.load(f)
+    return atomic.read_json(os.path.join(output_dir, "interleaved.json"))
 
 
 def table(before, after, labels):
@@ -93,8 +94,8 @@ def main(argv):
         worktree = os.path.join(scratch, "before")
         _git("worktree", "add", "--detach", worktree, before_commit)
         try:
-            subprocess.run(["rm", "-rf", os.path.join(worktree, "benchmarks")], check=True)
-            subprocess.run(["cp", "-r", os.path.join(ROOT, "benchmarks"), worktree], check=True)
+            shutil.rmtree(os.path.join(worktree, "benchmarks"))
+            shutil.copytree(os.path.join(ROOT, "benchmarks"), os.path.join(worktree, "benchmarks"))
             for backend in FLAGS.backends:
                 for state, checkout in (("before", worktree), ("after", ROOT)):
                     print(f"{backend}: {state}", flush=True)

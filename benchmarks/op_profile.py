@@ -115,8 +115,6 @@ def _steps():
     from benchmarks.speed_reference import reference_steps
 
     (workload,) = [w for w in workloads(FLAGS.quick) if w.model == FLAGS.model]
-    if FLAGS.memory_efficient and FLAGS.work != "train":
-        raise app.UsageError("--memory_efficient: only with --work=train.")
     ours = keras_work(workload, FLAGS.memory_efficient)[FLAGS.work]["on_batch"]
     return ours, reference_steps(workload)[FLAGS.work]
 
@@ -139,6 +137,10 @@ def main(argv):
     del argv
     if FLAGS.steps < 1:
         raise app.UsageError(f"--steps: expected at least 1, got {FLAGS.steps}.")
+    if FLAGS.memory_efficient and FLAGS.work != "train":
+        raise app.UsageError(
+            f"--memory_efficient: only with --work=train, got --work={FLAGS.work}."
+        )
     import keras
 
     from keras_irevnet import atomic
