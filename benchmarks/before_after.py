@@ -51,7 +51,12 @@ def _interleaved(checkout, backend, output_dir):
     command += [f"--memory_efficient={FLAGS.memory_efficient}", f"--steps={FLAGS.steps}"]
     command += [f"--output_dir={output_dir}"]
     env = dict(os.environ, PYTHONPATH=checkout)  # its own keras_irevnet, not the installed one
-    subprocess.run(command, cwd=checkout, env=env, check=True, capture_output=True, text=True)
+    run = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(
+            f"benchmarks.interleaved failed for {backend} in {checkout} (exit status "
+            f"{run.returncode}):\n{run.stderr[-3000:]}"
+        )
     return atomic.read_json(os.path.join(output_dir, "interleaved.json"))
 
 
@@ -92,6 +97,9 @@ def main(argv):
     results = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as scratch:
         worktree = os.path.join(scratch, "before")
+        # A run killed before its clean-up leaves its worktree registered: forget those
+        # whose folders are gone.
+        _git("worktree", "prune")
         _git("worktree", "add", "--detach", worktree, before_commit)
         try:
             shutil.rmtree(os.path.join(worktree, "benchmarks"))

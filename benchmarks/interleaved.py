@@ -245,7 +245,7 @@ def main(argv):
 
     backends = FLAGS.backends or [os.environ.get("KERAS_BACKEND", "tensorflow")]
     print(HEADER)
-    results = []
+    results, failures = [], []
     for backend in backends:
         command = [sys.executable, "-m", "benchmarks.interleaved", "--worker"]
         command += [f"--models={','.join(FLAGS.models)}", f"--steps={FLAGS.steps}"]
@@ -259,13 +259,21 @@ def main(argv):
         )
         lines = [line for line in worker.stdout.splitlines() if line.startswith("RESULT ")]
         if worker.returncode != 0 or not lines:
-            print(f"| {backend} | failed: {worker.stderr.strip().splitlines()[-1:]} |")
+            last = worker.stderr.strip().splitlines()[-1:] or [f"exit status {worker.returncode}"]
+            print(f"| {backend} | failed: {last[0]} |", flush=True)
+            failures.append(
+                f"{backend} (exit status {worker.returncode}):\n{worker.stderr[-3000:]}"
+            )
             continue
         for line in lines:
             results.append(json.loads(line[len("RESULT ") :]))
             print(_row(results[-1]), flush=True)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
+    # The other backends' results are kept; the run still fails, so that a script or
+    # `benchmarks.before_after` does not mistake a table with missing rows for a full one.
     atomic.write_json(os.path.join(FLAGS.output_dir, "interleaved.json"), results)
+    if failures:
+        sys.exit("benchmarks.interleaved: a backend's worker failed:\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -306,6 +306,54 @@ def test_interleaved_measures_real_steps_of_both_models():
     assert [r.get("time_over_plain", 0) > 0 for r in results] == [False, True] * 2 + [False] * 4
 
 
+@once_in("jax", "runs the harness's own processes, whatever the suite's backend")
+def test_a_failed_backend_fails_the_interleaved_run_and_before_after(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(module, *flags):
+        return subprocess.run(
+            [sys.executable, "-m", module, *flags],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=root),
+        )
+
+    # A backend Keras cannot import: its worker dies at start-up, as a broken install would.
+    interleaved = run(
+        "benchmarks.interleaved", "--backends=nosuchbackend", f"--output_dir={tmp_path / 'i'}"
+    )
+    assert interleaved.returncode != 0
+    assert "| nosuchbackend | failed: ValueError: Unable to import backend" in interleaved.stdout
+    assert "nosuchbackend (exit status 1)" in interleaved.stderr
+    assert json.loads((tmp_path / "i" / "interleaved.json").read_text()) == []
+
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    compared = run(
+        "benchmarks.before_after",
+        "--before=HEAD",
+        "--backends=nosuchbackend",
+        f"--output_dir={tmp_path / 'ba'}",
+    )
+    assert compared.returncode != 0
+    # The error carries the failed run's own stderr, down to Keras' message.
+    assert "benchmarks.interleaved failed for nosuchbackend" in compared.stderr
+    assert "Unable to import backend : nosuchbackend" in compared.stderr
+    assert not (tmp_path / "ba" / "before_after.json").exists()
+    assert (
+        subprocess.run(
+            ["git", "worktree", "list"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+        == worktrees
+    )
+
+
 def test_before_after_pairs_each_measurement_of_the_two_states():
     from benchmarks import before_after
 
