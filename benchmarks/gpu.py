@@ -73,12 +73,6 @@ flags.DEFINE_string("worker", None, "Internal: the worker's job, as JSON.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (model, image size, training batch, inference batch, timed steps). The authors train
-# CIFAR at batch 128 and ImageNet at 256 over 4 GPUs (64 per GPU).
-WORKLOADS = {
-    "cifar": ("cifar", 32, 128, 128, 10),
-    "bijective": ("bijective", 224, 64, 64, 10),
-}
 DRY_RUN_WORKLOADS = {
     "cifar": ("cifar", 32, 4, 4, 1),
     "bijective": ("bijective", 64, 2, 2, 1),
@@ -89,9 +83,11 @@ DRY_RUN_LIMIT = 20
 
 
 def _workload(model):
-    from benchmarks.speed_setup import Workload
+    from benchmarks.speed_setup import GPU_WORKLOADS, Workload
 
-    return Workload(*(DRY_RUN_WORKLOADS if FLAGS.cpu_dry_run else WORKLOADS)[model])
+    if FLAGS.cpu_dry_run:
+        return Workload(*DRY_RUN_WORKLOADS[model])
+    return GPU_WORKLOADS[model]
 
 
 def jobs():

@@ -2,6 +2,7 @@
 
     python -m benchmarks.host_overhead                  # CIFAR, float32 and bfloat16
     python -m benchmarks.host_overhead --rounds=5 --threads=1
+    python -m benchmarks.host_overhead --image_size=8     # kernels smaller still
 
 On a GPU a torch step at the batch sizes people train with is mostly the host launching
 kernels one by one from Python (benchmarks/results/gpu.md), and what keras_irevnet adds to
@@ -9,7 +10,12 @@ that is Python: Keras' per-layer bookkeeping, casts, the optimizer's loop. The s
 runs on a CPU, where at batch 1 the kernels are small: this measures it without a GPU. Each
 round times the Keras model's `train_on_batch` / `predict_on_batch` and the reference's
 training step / forward pass in turn (the median of `--steps` steps each), so that the
-machine's drift falls on both alike; the table gives each round's ratio.
+machine's drift falls on both alike; the table gives each round's ratio. `--image_size=8`
+runs the same layers on 8x8 images (2x2 in the last stage), where the kernels' arithmetic
+is smaller still and the step is closer to pure host work. Denormal numbers are flushed to
+zero on both sides: repeated steps on one tiny batch drive some weights and activations
+into the denormal range, where the CPU's arithmetic is many times slower (the reference's
+step went from 63 to 415 ms between two rounds at 8x8 without it).
 """
 
 import os
@@ -21,6 +27,7 @@ flags.DEFINE_list("precisions", ["float32", "bfloat16"], "float32, bfloat16 (mix
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds of Keras, then reference, steps.")
 flags.DEFINE_integer("steps", 5, "Timed steps per measurement (median), after 2 warm-up steps.")
 flags.DEFINE_integer("threads", 1, "torch's intra-op threads (1: kernels small and steady).")
+flags.DEFINE_integer("image_size", 32, "Image height and width, a multiple of 4.")
 
 
 def _median_seconds(step, steps):
@@ -36,14 +43,17 @@ def _keras_steps(precision):
 
     import keras_irevnet
 
+    size = FLAGS.image_size
     model = keras_irevnet.IRevNetCIFAR(
-        classifier_activation=None, dtype="mixed_bfloat16" if precision == "bfloat16" else None
+        input_shape=(size, size, 3),
+        classifier_activation=None,
+        dtype="mixed_bfloat16" if precision == "bfloat16" else None,
     )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype("float32")
+    x = np.random.default_rng(0).standard_normal((1, size, size, 3)).astype("float32")
     y = np.zeros(1, "int64")
     return {
         "train": lambda: model.train_on_batch(x, y),
@@ -55,17 +65,20 @@ def _reference_steps(precision):
     from benchmarks.speed_reference import reference_steps
     from benchmarks.speed_setup import Workload
 
-    return reference_steps(Workload("cifar", 32, 1, 1, steps=1), precision=precision)
+    return reference_steps(Workload("cifar", FLAGS.image_size, 1, 1, steps=1), precision=precision)
 
 
 def main(argv):
     del argv
     if os.environ.get("KERAS_BACKEND", "torch") != "torch":
         raise app.UsageError("Run with KERAS_BACKEND=torch (or unset): this measures torch.")
+    if FLAGS.image_size < 4 or FLAGS.image_size % 4:
+        raise app.UsageError(f"--image_size: expected a multiple of 4, got {FLAGS.image_size}.")
     os.environ["KERAS_BACKEND"] = "torch"
     import torch
 
     torch.set_num_threads(FLAGS.threads)
+    torch.set_flush_denormal(True)
     print("| precision | work | round | keras_irevnet ms | reference ms | ratio |")
     print("|---|---|---|---:|---:|---:|")
     for precision in FLAGS.precisions:

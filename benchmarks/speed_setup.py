@@ -52,6 +52,14 @@ def workloads(quick):
     ]
 
 
+# On a GPU: the authors' batches (CIFAR 128; ImageNet 256 over 4 GPUs, 64 per GPU), 10
+# timed steps.
+GPU_WORKLOADS = {
+    "cifar": Workload("cifar", 32, train_batch=128, infer_batch=128, steps=10),
+    "bijective": Workload("bijective", 224, train_batch=64, infer_batch=64, steps=10),
+}
+
+
 def time_steps(step, steps):
     """(warm-up, median) seconds of `step()`: one warm-up call, then `steps` timed calls."""
     start = time.perf_counter()

@@ -431,7 +431,7 @@ def test_op_profile_sees_every_convolution_of_a_real_step(work):
         step = lambda: model.predict_on_batch(x)  # noqa: E731
     for _ in range(2):
         step()
-    times = profile[backend](step, steps=2)
+    times = profile[backend](step, steps=2).host
     # Each convolution layer runs once per forward pass: TensorFlow's forward kernels (fused
     # with a BatchNorm, a ReLU or a padding or not) are "...Conv2D", torch's "aten::conv2d".
     if backend == "tensorflow":
@@ -442,3 +442,26 @@ def test_op_profile_sees_every_convolution_of_a_real_step(work):
     convolution_ms, other_ms = op_profile.split(times)
     assert convolution_ms > 0 and other_ms > 0
     assert all(ms >= 0 and calls > 0 for ms, calls in times.values())
+
+
+@once_in("torch", "torch.profiler of plain torch steps")
+def test_op_profile_counts_the_steps_host_waits():
+    import torch
+
+    from benchmarks import op_profile
+
+    x = torch.randn(64, 64)
+
+    def step(waits):
+        y = x @ x
+        for _ in range(waits):
+            y = y * float((y.sum() > 0).item())  # the host reads a result: it waits for it
+        return y
+
+    profiles = {
+        waits: op_profile.torch_op_times(lambda w=waits: step(w), steps=3) for waits in (0, 2)
+    }
+    assert profiles[0].host_waits == 0 and profiles[2].host_waits == 2
+    assert profiles[2].host["aten::mm"][1] == 1
+    # Without a GPU there are no kernels to report.
+    assert profiles[2].device == {} and profiles[2].kernels == {} and profiles[2].device_total == 0
