@@ -170,3 +170,32 @@ def autocast_scope_dtype():
 
     scope = get_autocast_scope()
     return None if scope is None else scope.dtype
+
+
+def torch_variable_value(variable):
+    """`variable.value` on torch, the torch Parameter itself where `value` would hand it
+    back unchanged: outside a StatelessScope (which maps variables to other values), an
+    autocast scope (which casts them) and a device scope (symbolic tracing on the meta
+    device reads placeholders). Keras' `value` checks all three on every read, about 1.6 us
+    each, and the layers' torch fast paths read several variables per call, hundreds of
+    calls per batch; the scopes' state has no public accessor.
+    """
+    value = variable._value
+    # The thread's own attribute dictionary of Keras' global state: `getattr` with a
+    # default raises and catches an AttributeError for each scope that is not set.
+    state = _keras_global_state().__dict__
+    if (
+        value is None
+        or state.get("stateless_scope") is not None
+        or state.get("autocast_scope") is not None
+        or state.get("torch_device") is not None
+    ):
+        return variable.value
+    return value
+
+
+@functools.cache
+def _keras_global_state():
+    from keras.src.backend.common import global_state
+
+    return global_state.GLOBAL_STATE_TRACKER

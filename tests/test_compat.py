@@ -70,6 +70,26 @@ def test_torch_version_counter_grows_with_in_place_writes():
     assert _compat.torch_version_counter(t) > before
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch variables' Parameters")
+def test_torch_variable_value_is_the_parameter_where_value_would_be():
+    import torch
+
+    variable = keras.Variable(np.arange(3.0, dtype="float32"))
+    parameter = _compat.torch_variable_value(variable)
+    assert parameter is variable.value and isinstance(parameter, torch.nn.Parameter)
+    # Wherever Keras' `value` gives something else, so does this.
+    mapped = keras.ops.zeros((3,))
+    with keras.StatelessScope(state_mapping=[(variable, mapped)]):
+        assert torch.equal(_compat.torch_variable_value(variable), variable.value)
+        assert torch.equal(_compat.torch_variable_value(variable), mapped)
+    with _compat.autocast_scope("bfloat16"):
+        cast = _compat.torch_variable_value(variable)
+        assert cast.dtype == torch.bfloat16 and torch.equal(cast, variable.value)
+    with keras.device("meta"):
+        assert _compat.torch_variable_value(variable).device.type == "meta"
+    assert _compat.torch_variable_value(variable) is parameter
+
+
 def test_weights_h5_bytes_is_what_save_weights_writes(tmp_path):
     import io
 

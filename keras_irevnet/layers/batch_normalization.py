@@ -148,17 +148,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return fused(inputs, training=bool(training) and self.trainable, relu=True)
         return ops.relu(self.call(inputs, training=training))
 
+    _fusable_settings = None  # see `_fused_kernel`; set once the layer is built
+
     def _fused_kernel(self, inputs, training, mask):
         """The fused call for these inputs, or None for Keras' path."""
-        if not (
-            mask is None
-            and self.axis in (-1, len(inputs.shape) - 1)
-            and self.center
-            and self.scale
-            and not self.synchronized
-            and not self.renorm
-            and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
-        ):
+        fusable = self._fusable_settings
+        if fusable is None:
+            # Settings fixed once the layer is built: checked once, not at every call.
+            fusable = (
+                self.center
+                and self.scale
+                and not self.synchronized
+                and not self.renorm
+                and keras.backend.standardize_dtype(self.moving_mean.dtype) == "float32"
+            )
+            if self.built:
+                self._fusable_settings = fusable
+        if not (fusable and mask is None and self.axis in (-1, len(inputs.shape) - 1)):
             return None
         backend = keras.backend.backend()
         dtype = keras.backend.standardize_dtype(inputs.dtype)

@@ -38,9 +38,18 @@ class Conv2D(keras.layers.Conv2D):
     rounding on the NCHW and matrix-product paths (tested).
     """
 
+    # Which path `convolution_op` takes, set in `build` (class defaults: Keras' own path).
+    _torch_nchw = False
+    _torch_padding = None  # the fast path's padding where torch takes it
+    _tf_shifted_products = False
+    _jax_narrowing = False
+
     def build(self, input_shape):
         wide = _wide_kernel(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
         self._torch_nchw = wide
+        if keras.backend.backend() == "torch":
+            self._torch_padding = self._direct_padding()
+            self._torch_strides = tuple(self.strides)
         same = self.padding == "same" and self._direct_padding() is not None
         # (stride 1, odd kernel, channels_last, undilated, ungrouped)
         self._tf_shifted_products = wide and keras.backend.backend() == "tensorflow" and same
@@ -56,19 +65,19 @@ class Conv2D(keras.layers.Conv2D):
     def add_weight(self, *args, **kwargs):
         if kwargs.get("name") == "kernel" and keras.backend.backend() == "torch":
             kwargs["initializer"] = _TorchKernelLayout(
-                kwargs.get("initializer"), nchw=getattr(self, "_torch_nchw", False)
+                kwargs.get("initializer"), nchw=self._torch_nchw
             )
         return super().add_weight(*args, **kwargs)
 
     def convolution_op(self, inputs, kernel):
-        if getattr(self, "_tf_shifted_products", False):
+        if self._tf_shifted_products:
             return _shifted_products_convolution(inputs, kernel)
-        if getattr(self, "_jax_narrowing", False):
+        if self._jax_narrowing:
             from keras_irevnet.layers import jax_convolution
 
             convert = keras.ops.convert_to_tensor
             return jax_convolution.convolution(convert(inputs), convert(kernel))
-        padding = self._direct_padding() if keras.backend.backend() == "torch" else None
+        padding = self._torch_padding
         if padding is None:
             return super().convolution_op(inputs, kernel)
         import torch
@@ -83,13 +92,13 @@ class Conv2D(keras.layers.Conv2D):
         # A view for a kernel laid out by `_TorchKernelLayout`; a copy for any other (the
         # layout is a speed matter, never a correctness one).
         k = torch_fast_path.torch_tensor(kernel).permute(3, 2, 0, 1)
-        if getattr(self, "_torch_nchw", False):
+        if self._torch_nchw:
             x, k = x.contiguous(), k.contiguous()
-            y = torch.nn.functional.conv2d(x, k, stride=tuple(self.strides), padding=padding)
+            y = torch.nn.functional.conv2d(x, k, stride=self._torch_strides, padding=padding)
             # Channels-last again: the layers after it work on channels-last memory.
             return y.permute(0, 2, 3, 1).contiguous()
         k = k.contiguous(memory_format=torch.channels_last)
-        y = torch.nn.functional.conv2d(x, k, stride=tuple(self.strides), padding=padding)
+        y = torch.nn.functional.conv2d(x, k, stride=self._torch_strides, padding=padding)
         return y.permute(0, 2, 3, 1)
 
     def _direct_padding(self):

@@ -19,7 +19,7 @@ def torch_tensor(x):
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, keras.Variable):
-        return x.value
+        return _compat.torch_variable_value(x)
     return keras.ops.convert_to_tensor(x)
 
 
