@@ -149,9 +149,7 @@ def jax_trainer_compiler_options(compiler_options):
 def in_stateless_scope():
     """Whether a `keras.StatelessScope` is active (variable writes are then recorded in it,
     not made): Keras exposes the scope but not this test."""
-    from keras.src.backend.common.stateless_scope import in_stateless_scope as active
-
-    return active()
+    return _keras_global_state().__dict__.get("stateless_scope") is not None
 
 
 def autocast_scope(dtype):
@@ -166,9 +164,7 @@ def autocast_scope(dtype):
 
 def autocast_scope_dtype():
     """The dtype of the active autocast scope (None when none, or one that casts nothing)."""
-    from keras.src.backend.common.variables import get_autocast_scope
-
-    scope = get_autocast_scope()
+    scope = _keras_global_state().__dict__.get("autocast_scope")
     return None if scope is None else scope.dtype
 
 
@@ -181,8 +177,6 @@ def torch_variable_value(variable):
     calls per batch; the scopes' state has no public accessor.
     """
     value = variable._value
-    # The thread's own attribute dictionary of Keras' global state: `getattr` with a
-    # default raises and catches an AttributeError for each scope that is not set.
     state = _keras_global_state().__dict__
     if (
         value is None
@@ -194,8 +188,16 @@ def torch_variable_value(variable):
     return value
 
 
-@functools.cache
 def _keras_global_state():
+    """Keras' thread-local global state (the active scopes), read through the thread's own
+    attribute dictionary: Keras' `get_global_attribute` is `getattr` with a default, which
+    raises and catches an AttributeError for each scope that is not set (about 1 us).
+    Looked up at each call: `keras.utils.clear_session()` replaces the object."""
+    return _keras_global_state_module().GLOBAL_STATE_TRACKER
+
+
+@functools.cache
+def _keras_global_state_module():
     from keras.src.backend.common import global_state
 
-    return global_state.GLOBAL_STATE_TRACKER
+    return global_state

@@ -70,6 +70,20 @@ def test_torch_version_counter_grows_with_in_place_writes():
     assert _compat.torch_version_counter(t) > before
 
 
+def test_scope_predicates_follow_keras_scopes_also_after_clear_session():
+    variable = keras.Variable(np.ones(2, "float32"))
+    for _ in range(2):  # the second time after clear_session, which replaces Keras' state
+        assert not _compat.in_stateless_scope() and _compat.autocast_scope_dtype() is None
+        with keras.StatelessScope():
+            assert _compat.in_stateless_scope()
+        with _compat.autocast_scope("float16"):
+            assert _compat.autocast_scope_dtype() == "float16"
+        if BACKEND == "torch":
+            with keras.StatelessScope(state_mapping=[(variable, keras.ops.zeros((2,)))]):
+                assert float(keras.ops.sum(_compat.torch_variable_value(variable))) == 0.0
+        keras.utils.clear_session()
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch variables' Parameters")
 def test_torch_variable_value_is_the_parameter_where_value_would_be():
     import torch

@@ -9,8 +9,16 @@ from keras import ops
 from keras_irevnet import _compat
 from keras_irevnet.layers import torch_fast_path
 
-_frozen = threading.local()
-_batch_statistics = threading.local()
+
+class _ThreadState(threading.local):
+    # Class-level defaults: a thread that never set them reads these, without the
+    # AttributeError that `getattr(local, name, default)` raises and catches on every call.
+    active = False  # `frozen_moving_statistics`
+    state = None  # `kept_batch_statistics`: (kept, replay)
+
+
+_frozen = _ThreadState()
+_batch_statistics = _ThreadState()
 
 
 @contextlib.contextmanager
@@ -23,7 +31,7 @@ def frozen_moving_statistics():
     computed to be thrown away. Where the layer takes Keras' own path (TensorFlow under XLA
     and JAX off CPU in float32, masks) Keras computes it anyway, and the scope discards it.
     """
-    previous = getattr(_frozen, "active", False)
+    previous = _frozen.active
     _frozen.active = True
     try:
         yield
@@ -46,7 +54,7 @@ def kept_batch_statistics(kept, replay):
     TensorFlow on the CPU only; the gradient stays that of training mode, through the batch
     statistics. The other paths compute the statistics as before.
     """
-    previous = getattr(_batch_statistics, "state", None)
+    previous = _batch_statistics.state
     _batch_statistics.state = (kept, replay)
     try:
         yield
@@ -58,7 +66,7 @@ def _tensorflow_kept_statistics():
     """`(kept, replay)` of `kept_batch_statistics` where TensorFlow's fused path keeps them:
     on the CPU. (A GPU's training kernel hands its gradient a third reserve space, cuDNN's,
     which the replay does not keep; there the statistics are computed again.)"""
-    state = getattr(_batch_statistics, "state", None)
+    state = _batch_statistics.state
     if state is None:
         return None, False
     import tensorflow as tf
@@ -197,7 +205,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def _update_moving_statistics(self, mean, variance, count=None):
         """Moves the moving statistics towards the batch's `mean` and `variance` (biased; or
         unbiased over `count` values where `count` is given, as the fused kernels give it)."""
-        if getattr(_frozen, "active", False):
+        if _frozen.active:
             return
         if count is not None:
             variance = variance * ((count - 1.0) / count)
@@ -348,7 +356,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return torch.relu_(y) if relu else y
         from keras_irevnet.layers import torch_batch_norm
 
-        kept, replay = getattr(_batch_statistics, "state", None) or (None, False)
+        kept, replay = _batch_statistics.state or (None, False)
         recording = kept is not None and not replay
         statistics = None  # (mean, invstd) to normalise with, where they are had apart
         if replay and kept and kept[0][0] == id(self):
