@@ -193,11 +193,14 @@ def _keras_global_state():
     attribute dictionary: Keras' `get_global_attribute` is `getattr` with a default, which
     raises and catches an AttributeError for each scope that is not set (about 1 us).
     Looked up at each call: `keras.utils.clear_session()` replaces the object."""
-    return _keras_global_state_module().GLOBAL_STATE_TRACKER
+    global _global_state_module
+    if _global_state_module is None:
+        # Imported once, kept in a module global (not a functools cache: torch.compile warns
+        # about tracing through those).
+        from keras.src.backend.common import global_state
+
+        _global_state_module = global_state
+    return _global_state_module.GLOBAL_STATE_TRACKER
 
 
-@functools.cache
-def _keras_global_state_module():
-    from keras.src.backend.common import global_state
-
-    return global_state
+_global_state_module = None

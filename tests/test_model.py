@@ -272,6 +272,35 @@ def test_fit_lowers_loss_and_model_still_inverts():
     assert relative_error(model.inverse(model.features(x[:32])), x[:32]) <= 1e-5
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
+def test_torch_compile_trains_as_eager_does_and_quietly():
+    # `jit_compile=True` on torch is torch.compile, where the layers take Keras' own paths:
+    # the same training to float32 rounding, and nothing of keras_irevnet's in the warnings.
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = preprocessed_photos(32, count=4)
+    y = rng.integers(0, 5, 4)
+    losses, weights = {}, {}
+    for jit_compile in (False, True):
+        model = tiny()
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+        losses[jit_compile] = history.history["loss"][0]
+        weights[jit_compile] = [to_numpy(w) for w in model.weights]
+        ours = [str(w.message) for w in caught if "keras_irevnet" in str(w.message)]
+        assert not ours, ours
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for compiled, eager in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch memory layouts")
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
 def test_optimizer_slots_follow_the_kernel_layout_without_changing_training(optimizer):
