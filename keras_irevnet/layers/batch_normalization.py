@@ -13,12 +13,11 @@ from keras_irevnet.layers import torch_fast_path
 class _ThreadState(threading.local):
     # Class-level defaults: a thread that never set them reads these, without the
     # AttributeError that `getattr(local, name, default)` raises and catches on every call.
-    active = False  # `frozen_moving_statistics`
-    state = None  # `kept_batch_statistics`: (kept, replay)
+    frozen = False  # `frozen_moving_statistics`
+    kept_statistics = None  # `kept_batch_statistics`: (kept, replay)
 
 
-_frozen = _ThreadState()
-_batch_statistics = _ThreadState()
+_thread = _ThreadState()
 
 
 @contextlib.contextmanager
@@ -31,12 +30,12 @@ def frozen_moving_statistics():
     computed to be thrown away. Where the layer takes Keras' own path (TensorFlow under XLA
     and JAX off CPU in float32, masks) Keras computes it anyway, and the scope discards it.
     """
-    previous = _frozen.active
-    _frozen.active = True
+    previous = _thread.frozen
+    _thread.frozen = True
     try:
         yield
     finally:
-        _frozen.active = previous
+        _thread.frozen = previous
 
 
 @contextlib.contextmanager
@@ -54,19 +53,19 @@ def kept_batch_statistics(kept, replay):
     TensorFlow on the CPU only; the gradient stays that of training mode, through the batch
     statistics. The other paths compute the statistics as before.
     """
-    previous = _batch_statistics.state
-    _batch_statistics.state = (kept, replay)
+    previous = _thread.kept_statistics
+    _thread.kept_statistics = (kept, replay)
     try:
         yield
     finally:
-        _batch_statistics.state = previous
+        _thread.kept_statistics = previous
 
 
 def _tensorflow_kept_statistics():
     """`(kept, replay)` of `kept_batch_statistics` where TensorFlow's fused path keeps them:
     on the CPU. (A GPU's training kernel hands its gradient a third reserve space, cuDNN's,
     which the replay does not keep; there the statistics are computed again.)"""
-    state = _batch_statistics.state
+    state = _thread.kept_statistics
     if state is None:
         return None, False
     import tensorflow as tf
@@ -205,7 +204,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def _update_moving_statistics(self, mean, variance, count=None):
         """Moves the moving statistics towards the batch's `mean` and `variance` (biased; or
         unbiased over `count` values where `count` is given, as the fused kernels give it)."""
-        if _frozen.active:
+        if _thread.frozen:
             return
         if count is not None:
             variance = variance * ((count - 1.0) / count)
@@ -356,7 +355,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return torch.relu_(y) if relu else y
         from keras_irevnet.layers import torch_batch_norm
 
-        kept, replay = _batch_statistics.state or (None, False)
+        kept, replay = _thread.kept_statistics or (None, False)
         recording = kept is not None and not replay
         statistics = None  # (mean, invstd) to normalise with, where they are had apart
         if replay and kept and kept[0][0] == id(self):

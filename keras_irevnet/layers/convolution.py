@@ -47,10 +47,11 @@ class Conv2D(keras.layers.Conv2D):
     def build(self, input_shape):
         wide = _wide_kernel(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
         self._torch_nchw = wide
+        padding = self._direct_padding()
         if keras.backend.backend() == "torch":
-            self._torch_padding = self._direct_padding()
+            self._torch_padding = padding
             self._torch_strides = tuple(self.strides)
-        same = self.padding == "same" and self._direct_padding() is not None
+        same = self.padding == "same" and padding is not None
         # (stride 1, odd kernel, channels_last, undilated, ungrouped)
         self._tf_shifted_products = wide and keras.backend.backend() == "tensorflow" and same
         self._jax_narrowing = (
