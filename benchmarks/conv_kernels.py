@@ -9,9 +9,9 @@ benchmark's models: torch.profiler, jax.profiler). This times each distinct conv
 and forward+backward (gradients w.r.t. input and kernel), in every library and mode the
 speed benchmark uses: torch NCHW (the plain-torch reference's layout), torch channels_last
 (keras_irevnet's torch path), TensorFlow graph and XLA, JAX jit with and without XLA's
-YNNPACK fusions (without is how keras_irevnet compiles its models' steps on CPU). Each runs
-in its own process. The per-model totals weight each shape by how many blocks use it, which
-is what the backends' step times follow.
+YNNPACK fusions (without them is how keras_irevnet compiles its models' convolutions on
+CPU). Each runs in its own process. The per-model totals weight each shape by how many
+blocks use it, which is what the backends' step times follow.
 
 Writes conv_kernels.json and conv_kernels.md to --output_dir.
 """

@@ -27,11 +27,11 @@ class Conv2D(keras.layers.Conv2D):
     Where the kernel is large against the image (`_wide_kernel`: the 7x7 stage of the
     ImageNet models, 384-1536 channels), oneDNN's channels_last kernels are slow, above all
     for the weight gradient; there the layer copies its input to NCHW and its output back,
-    and lays the kernel out as torch's contiguous (out, in, kh, kw). On TensorFlow the same
-    layers, where stride 1 and "same", compute the convolution as one matrix product
-    (`_shifted_products_convolution`). On JAX on CPU, a stride-1 "same" convolution to
-    fewer channels than it reads (kernel not wide) has its kernel gradient computed in
-    the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`).
+    and lays the kernel out as torch's contiguous (out, in, kh, kw). On TensorFlow and on
+    JAX on CPU the same layers, where stride 1 and "same", compute the convolution as one
+    matrix product (`_shifted_products_convolution`). On JAX on CPU, a stride-1 "same"
+    convolution to fewer channels than it reads (kernel not wide) has its kernel gradient
+    computed in the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`).
 
     Everything else, and `torch.compile`, is Keras' own `Conv2D`. Weights are those of
     Keras' layer, and results too: bit for bit on the channels_last path, to float32
@@ -41,7 +41,7 @@ class Conv2D(keras.layers.Conv2D):
     # Which path `convolution_op` takes, set in `build` (class defaults: Keras' own path).
     _torch_nchw = False
     _torch_padding = None  # the fast path's padding where torch takes it
-    _tf_shifted_products = False
+    _shifted_products = False
     _jax_narrowing = False
 
     def build(self, input_shape):
@@ -53,7 +53,9 @@ class Conv2D(keras.layers.Conv2D):
             self._torch_strides = tuple(self.strides)
         same = self.padding == "same" and padding is not None
         # (stride 1, odd kernel, channels_last, undilated, ungrouped)
-        self._tf_shifted_products = wide and keras.backend.backend() == "tensorflow" and same
+        self._shifted_products = (
+            wide and same and (keras.backend.backend() == "tensorflow" or _jax_cpu())
+        )
         self._jax_narrowing = (
             same
             and not wide
@@ -71,7 +73,7 @@ class Conv2D(keras.layers.Conv2D):
         return super().add_weight(*args, **kwargs)
 
     def convolution_op(self, inputs, kernel):
-        if self._tf_shifted_products:
+        if self._shifted_products:
             return _shifted_products_convolution(inputs, kernel)
         if self._jax_narrowing:
             from keras_irevnet.layers import jax_convolution
@@ -130,20 +132,21 @@ def _shifted_products_convolution(inputs, kernel):
     """A stride-1 "same" convolution as one matrix product: the kh * kw shifted views of the
     padded input side by side, times the kernel seen as a (kh * kw * in, out) matrix.
 
-    TensorFlow on CPU, where the kernel is wide against the image: its convolution's forward
-    pass on the ImageNet models' 7x7 stage ran at half the speed of this product (batch 4,
-    forward, ms: 1536 -> 384 channels 26.1 -> 12.9, 384 -> 1536 16.2 -> 12.9, 384 -> 384
-    5.6 -> 4.1; at 14x14 the convolution is faster, 3.3 against 4.9)."""
-    import tensorflow as tf
-
+    For kernels wide against the image (`_wide_kernel`). TensorFlow on CPU: its
+    convolution's forward pass on the ImageNet models' 7x7 stage ran at half the speed of
+    this product (batch 4, forward, ms: 1536 -> 384 channels 26.1 -> 12.9, 384 -> 1536
+    16.2 -> 12.9, 384 -> 384 5.6 -> 4.1; at 14x14 the convolution is faster, 3.3 against
+    4.9). JAX on CPU: forward as fast as XLA's convolution, forward and backward faster
+    with YNNPACK's matrix products (`xla_cpu_options`)."""
+    ops = keras.ops
     kh, kw, channels_in, channels_out = kernel.shape
     height, width = inputs.shape[1], inputs.shape[2]
     if height is None or width is None:
-        height, width = tf.shape(inputs)[1], tf.shape(inputs)[2]
-    padded = tf.pad(inputs, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
+        height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
+    padded = ops.pad(inputs, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
     shifted = [padded[:, i : i + height, j : j + width, :] for i in range(kh) for j in range(kw)]
-    matrix = tf.reshape(kernel, [kh * kw * channels_in, channels_out])
-    return tf.tensordot(tf.concat(shifted, axis=-1), matrix, axes=1)
+    matrix = ops.reshape(kernel, (kh * kw * channels_in, channels_out))
+    return ops.tensordot(ops.concatenate(shifted, axis=-1), matrix, axes=1)
 
 
 def _wide_kernel(spatial, channels_in, channels_out, kernel_size):
