@@ -4,6 +4,8 @@ Kept apart from `benchmarks/memory.py`, which defines command-line flags, so tha
 can import it.
 """
 
+import os
+
 
 def torch_step_bytes(step):
     """Peak and final bytes of the tensors `step()` allocates, from torch's allocator events."""
@@ -26,15 +28,42 @@ def torch_step_bytes(step):
     return {"peak_tensor_bytes": peak, "left_allocated_bytes": live}
 
 
+def keep_tensorflow_cpu_statistics():
+    """Makes TensorFlow's CPU allocator keep statistics; call before TensorFlow's first op.
+
+    With oneDNN (TensorFlow's default on Intel CPUs) its allocator keeps them. Without it
+    (TensorFlow's default on other CPUs, AMD's among them) the plain CPU allocator keeps
+    none, and `get_memory_info("CPU:0")` raises; there TensorFlow's BFC allocator, which
+    keeps them, is chosen (`TF_CPU_ALLOCATOR_USE_BFC`, read when the CPU device is created).
+    A value the user set is left as it is.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        one_dnn = _pywrap_util_port.IsMklEnabled()
+    except (ImportError, AttributeError):  # a TensorFlow without that probe
+        one_dnn = False
+    if not one_dnn:
+        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
+
 def tensorflow_step_bytes(step, device="CPU:0"):
     """Peak and final bytes `step()` adds to TensorFlow's allocator on `device`.
 
     TensorFlow's allocator statistics (`tf.config.experimental.get_memory_info`) count every
     tensor buffer its kernels allocate, on the CPU too; the peak is reset before the step.
+    On a CPU they need `keep_tensorflow_cpu_statistics()` first where oneDNN is off.
     """
     import tensorflow as tf
 
-    before = tf.config.experimental.get_memory_info(device)["current"]
+    try:
+        before = tf.config.experimental.get_memory_info(device)["current"]
+    except ValueError as error:  # "Allocator stats not available for device 'CPU:0'"
+        raise RuntimeError(
+            f"TensorFlow keeps no allocator statistics for {device} in this process: call "
+            "benchmarks.allocations.keep_tensorflow_cpu_statistics() before TensorFlow's "
+            "first operation (or set TF_CPU_ALLOCATOR_USE_BFC=true before it starts)."
+        ) from error
     tf.config.experimental.reset_memory_stats(device)
     step()
     info = tf.config.experimental.get_memory_info(device)

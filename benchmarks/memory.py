@@ -47,6 +47,7 @@ from absl import app, flags
 
 from benchmarks import memory_report
 from benchmarks.allocations import (
+    keep_tensorflow_cpu_statistics,
     tensorflow_loss_gradient,
     tensorflow_step_bytes,
     torch_step_bytes,
@@ -211,6 +212,8 @@ def main(argv):
     del argv
     if FLAGS.worker:
         backend, depth, mode = FLAGS.worker.split(",")
+        if backend == "tensorflow":
+            keep_tensorflow_cpu_statistics()
         print("RESULT " + json.dumps(measure(backend, int(depth), mode)), flush=True)
         return
     depths = [int(d) for d in FLAGS.depths]

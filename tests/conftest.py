@@ -38,6 +38,12 @@ import keras  # noqa: E402
 # The repository root, so tests can import applications/ and benchmarks/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if keras.backend.backend() == "tensorflow":
+    # The step-memory tests read TensorFlow's allocator statistics (before its first op).
+    from benchmarks.allocations import keep_tensorflow_cpu_statistics
+
+    keep_tensorflow_cpu_statistics()
+
 
 # `make test` hands the test files to its worker processes (pytest-xdist, `--dist=loadfile`)
 # in collection order, two to each at first and one more whenever one is done. A long file

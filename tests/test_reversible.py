@@ -585,14 +585,21 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
 
     shallow, deep = activation_bytes(True, 4), activation_bytes(True, 16)
     plain_shallow, plain_deep = activation_bytes(False, 4), activation_bytes(False, 16)
-    # Measured: 2,860,632 and 2,796,120 bytes at 4 and 16 blocks; plain autodiff 3.4 and
-    # 9.6 MB (519 KB more per block). TensorFlow's executor order is not fixed: on a 2-core
-    # CI machine all five calls at 16 blocks once held one more 256 KB buffer at the peak
-    # (3,058,264 bytes, 1.07x). So flat means what the speed-and-memory targets say (deeper
-    # within 1.2x), and the growth per added block stays under a tenth of plain autodiff's.
+    # Measured with oneDNN (TensorFlow's default on Intel CPUs): 2,860,632 and 2,796,120
+    # bytes at 4 and 16 blocks; plain autodiff 3.4 and 9.6 MB (519 KB more per block).
+    # Without it (AMD's CPUs; Eigen's kernels, BFC allocator): 69.6 and 69.9 MB, plain 71.4
+    # and 75.5 MB: Eigen's convolution gradients hold a working set of about 67 MB at the
+    # peak whatever the depth, in both modes. TensorFlow's executor order is not fixed: on
+    # a 2-core CI machine all five calls at 16 blocks once held one more 256 KB buffer at
+    # the peak (3,058,264 bytes, 1.07x). So flat means what the speed-and-memory targets
+    # say (deeper within 1.2x), the growth per added block stays under a tenth of plain
+    # autodiff's, and of what plain autodiff's 16 blocks hold (its growth per block, 16
+    # times) the memory-efficient step saves at least two thirds (oneDNN 6.8 of 8.3 MB,
+    # Eigen 5.6 of 5.5 MB).
     assert deep <= 1.2 * shallow, (shallow, deep)
     assert deep - shallow < (plain_deep - plain_shallow) / 10, (shallow, deep, plain_deep)
-    assert deep < plain_deep / 3, (deep, plain_deep)
+    plain_blocks = 16 * (plain_deep - plain_shallow) / 12
+    assert plain_deep - deep >= 2 / 3 * plain_blocks, (deep, plain_deep, plain_blocks)
 
 
 def test_memory_efficient_is_off_by_default():
