@@ -53,15 +53,16 @@ class Conv2D(keras.layers.Conv2D):
             self._torch_strides = tuple(self.strides)
         same = self.padding == "same" and padding is not None
         # (stride 1, odd kernel, channels_last, undilated, ungrouped)
+        jax_cpu = _jax_cpu()
         self._shifted_products = (
-            wide and same and (keras.backend.backend() == "tensorflow" or _jax_cpu())
+            wide and same and (keras.backend.backend() == "tensorflow" or jax_cpu)
         )
         self._jax_narrowing = (
             same
             and not wide
             and input_shape[-1] is not None
             and input_shape[-1] > self.filters
-            and _jax_cpu()
+            and jax_cpu
         )
         super().build(input_shape)
 

@@ -49,19 +49,18 @@ def jax_compiler_options():
     if YNN_FUSION_OPTION in os.environ.get("XLA_FLAGS", ""):
         return None
     for fusion_types in (YNN_FUSION_TYPES, ""):
-        options = {YNN_FUSION_OPTION: fusion_types}
-        if _accepted(tuple(options.items())):
-            return options
+        if _accepted(YNN_FUSION_OPTION, fusion_types):
+            return {YNN_FUSION_OPTION: fusion_types}
     return None
 
 
 @functools.cache
-def _accepted(options):
-    """Whether this XLA compiles a trivial program with these (name, value) options."""
+def _accepted(name, value):
+    """Whether this XLA compiles a trivial program with the compiler option `name=value`."""
     import jax
 
     try:
-        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(1.0).compile()
+        jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(1.0).compile()
     except RuntimeError:  # XLA's "INVALID_ARGUMENT: No such compile option" and the like
         return False
     return True
