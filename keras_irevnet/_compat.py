@@ -59,6 +59,46 @@ def tensorflow_in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def tensorflow_uses_onednn():
+    """Whether TensorFlow runs its CPU kernels through oneDNN (its default on Intel CPUs,
+    off by default elsewhere; `TF_ENABLE_ONEDNN_OPTS` chooses). Without oneDNN its
+    convolution gradients are its own im2col kernels, which
+    `keras_irevnet.layers.tensorflow_convolution` replaces; TensorFlow tells this only
+    through its private build-information probe.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without the probe
+        return False
+
+
+def tensorflow_kernel_label(op_types, label):
+    """A context in which the graph being built asks for `label`'s kernels of `op_types`.
+
+    TensorFlow registers more than one CPU kernel for some ops and picks one by the node's
+    kernel label (`_kernel`); graph code chooses it with this map, as TensorFlow's own tests
+    do. There is no public way to choose a kernel. Graph (tf.function) building only.
+    """
+    import tensorflow as tf
+
+    return tf.compat.v1.get_default_graph()._kernel_label_map(
+        {op_type: label for op_type in op_types}
+    )
+
+
+def tensorflow_could_record_gradients():
+    """Whether a TensorFlow gradient tape is recording (eager, or around the function being
+    traced), so that the operations built now may be differentiated. Keras' train step
+    records its forward pass; predictions, exports and reversible backprop's forward pass
+    record nothing. TensorFlow's `py_function` and concrete functions ask the same private
+    question; there is no public one."""
+    from tensorflow.python.eager import record
+
+    return record.could_possibly_record()
+
+
 def torch_version_counter(tensor):
     """torch's in-place modification counter of `tensor` (it grows at every in-place write).
 

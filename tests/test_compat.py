@@ -60,6 +60,35 @@ def test_tensorflow_stop_recording_and_xla_context():
     assert seen == [True]
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graphs")
+def test_tensorflow_kernel_labels_recording_and_onednn_probe():
+    import tensorflow as tf
+
+    assert isinstance(_compat.tensorflow_uses_onednn(), bool)
+    seen = {}
+
+    @tf.function
+    def labelled(x):
+        seen["untaped"] = _compat.tensorflow_could_record_gradients()
+        with tf.GradientTape():
+            seen["taped"] = _compat.tensorflow_could_record_gradients()
+        with _compat.tensorflow_kernel_label(["Conv2DBackpropFilter"], "eigen_tensor"):
+            y = tf.compat.v1.nn.conv2d_backprop_filter(x, [1, 1, 1, 1], x, [1, 1, 1, 1], "SAME")
+        return y, tf.compat.v1.nn.conv2d_backprop_filter(x, [1, 1, 1, 1], x, [1, 1, 1, 1], "SAME")
+
+    x = tf.reshape(tf.range(8.0), (2, 2, 2, 1))
+    labelled_y, default_y = labelled(x)
+    assert float(labelled_y[0, 0, 0, 0]) == float(default_y[0, 0, 0, 0]) == 140.0
+    assert seen == {"untaped": False, "taped": True}
+    ops = labelled.get_concrete_function(x).graph.get_operations()
+    labels = [
+        op.node_def.attr["_kernel"].s if "_kernel" in op.node_def.attr else None
+        for op in ops
+        if op.type == "Conv2DBackpropFilter"
+    ]
+    assert labels == [b"eigen_tensor", None]
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's version counter")
 def test_torch_version_counter_grows_with_in_place_writes():
     import torch

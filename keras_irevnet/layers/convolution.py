@@ -31,7 +31,9 @@ class Conv2D(keras.layers.Conv2D):
     JAX on CPU the same layers, where stride 1 and "same", compute the convolution as one
     matrix product (`_shifted_products_convolution`). On JAX on CPU, a stride-1 "same"
     convolution to fewer channels than it reads (kernel not wide) has its kernel gradient
-    computed in the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`).
+    computed in the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`). On
+    TensorFlow without oneDNN, the gradients of the others are computed by Eigen's kernels,
+    not TensorFlow's default im2col ones (`keras_irevnet.layers.tensorflow_convolution`).
 
     Everything else, and `torch.compile`, is Keras' own `Conv2D`. Weights are those of
     Keras' layer, and results too: bit for bit on the channels_last path, to float32
@@ -43,6 +45,7 @@ class Conv2D(keras.layers.Conv2D):
     _torch_padding = None  # the fast path's padding where torch takes it
     _shifted_products = False
     _jax_narrowing = False
+    _tensorflow_eigen_gradients = False
 
     def build(self, input_shape):
         wide = _wide_kernel(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
@@ -64,6 +67,13 @@ class Conv2D(keras.layers.Conv2D):
             and input_shape[-1] > self.filters
             and jax_cpu
         )
+        self._tensorflow_eigen_gradients = (
+            keras.backend.backend() == "tensorflow"
+            and not self._shifted_products
+            and self.data_format == "channels_last"
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+        )
         super().build(input_shape)
 
     def add_weight(self, *args, **kwargs):
@@ -81,6 +91,13 @@ class Conv2D(keras.layers.Conv2D):
 
             convert = keras.ops.convert_to_tensor
             return jax_convolution.convolution(convert(inputs), convert(kernel))
+        if self._tensorflow_eigen_gradients:
+            from keras_irevnet.layers import tensorflow_convolution
+
+            if tensorflow_convolution.applies():
+                return tensorflow_convolution.convolution(
+                    inputs, kernel, self.strides, self.padding, super().convolution_op
+                )
         padding = self._torch_padding
         if padding is None:
             return super().convolution_op(inputs, kernel)
