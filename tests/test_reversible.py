@@ -587,19 +587,59 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
     plain_shallow, plain_deep = activation_bytes(False, 4), activation_bytes(False, 16)
     # Measured with oneDNN (TensorFlow's default on Intel CPUs): 2,860,632 and 2,796,120
     # bytes at 4 and 16 blocks; plain autodiff 3.4 and 9.6 MB (519 KB more per block).
-    # Without it (AMD's CPUs; Eigen's kernels, BFC allocator): 69.6 and 69.9 MB, plain 71.4
-    # and 75.5 MB: Eigen's convolution gradients hold a working set of about 67 MB at the
-    # peak whatever the depth, in both modes. TensorFlow's executor order is not fixed: on
-    # a 2-core CI machine all five calls at 16 blocks once held one more 256 KB buffer at
-    # the peak (3,058,264 bytes, 1.07x). So flat means what the speed-and-memory targets
-    # say (deeper within 1.2x), the growth per added block stays under a tenth of plain
-    # autodiff's, and of what plain autodiff's 16 blocks hold (its growth per block, 16
-    # times) the memory-efficient step saves at least two thirds (oneDNN 6.8 of 8.3 MB,
-    # Eigen 5.6 of 5.5 MB).
+    # Without it (AMD's CPUs; BFC allocator), with Eigen's convolution gradients
+    # (keras_irevnet/layers/tensorflow_convolution.py): 3.46 and 3.57 MB, plain 4.6 and
+    # 14.6 MB. (TensorFlow's default im2col gradients there held a scratch working set of
+    # about 67 MB at the peak of every step, in both modes.) TensorFlow's executor order is
+    # not fixed: on a 2-core CI machine all five calls at 16 blocks once held one more
+    # 256 KB buffer at the peak (3,058,264 bytes, 1.07x). So flat means what the
+    # speed-and-memory targets say (deeper within 1.2x), the growth per added block stays
+    # under a tenth of plain autodiff's, 16 blocks hold under a third of what plain
+    # autodiff's 16 hold, and of what plain autodiff's 16 blocks hold (its growth per
+    # block, 16 times) the memory-efficient step saves at least two thirds (oneDNN 6.8 of
+    # 8.3 MB, Eigen 11.0 of 13.3 MB).
     assert deep <= 1.2 * shallow, (shallow, deep)
     assert deep - shallow < (plain_deep - plain_shallow) / 10, (shallow, deep, plain_deep)
+    assert deep < plain_deep / 3, (deep, plain_deep)
     plain_blocks = 16 * (plain_deep - plain_shallow) / 12
     assert plain_deep - deep >= 2 / 3 * plain_blocks, (deep, plain_deep, plain_blocks)
+
+
+def test_tensorflow_recompute_masks_wait_for_their_block():
+    # A recompute's dropout mask depends only on the seeds saved before the forward pass;
+    # untied, TensorFlow drew every block's as soon as the backward pass began and held each
+    # until the walk reached its block (a mask per block: 13 MiB at 54 CIFAR blocks, batch
+    # 64). Each block's seeds now wait for its reconstructed input, which convolutions
+    # compute: in the traced step, the forward's masks follow from the seeds alone, the
+    # recomputes' from a convolution.
+    if BACKEND != "tensorflow":
+        pytest.skip("TensorFlow's graph")
+    import tensorflow as tf
+
+    from benchmarks.allocations import tensorflow_loss_gradient
+
+    blocks = 4
+    model = _dropout_classifier(blocks, memory_efficient=True)
+    gradient = tensorflow_loss_gradient(model, keras.losses.SparseCategoricalCrossentropy())
+    x, y = _classifier_batch()
+    ops = gradient.get_concrete_function(tf.constant(x), tf.constant(y)).graph.get_operations()
+
+    def after_a_convolution(op, seen):
+        for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+            if parent.name not in seen:
+                seen.add(parent.name)
+                if parent.type == "Conv2D" or after_a_convolution(parent, seen):
+                    return True
+        return False
+
+    # One random draw per dropout call (stateless_dropout's uniform draw).
+    draws = [op for op in ops if op.type.startswith("StatelessRandomUniform")]
+    tied = [after_a_convolution(op, set()) for op in draws]
+    assert len(draws) == 2 * blocks, [op.type for op in draws]
+    # Half of them, the recomputes' (each block's reconstructed input comes from its
+    # output through the next block's F, or from the stored input after the injective
+    # block, which the forward's convolutions computed).
+    assert sum(tied) == blocks, tied
 
 
 def test_memory_efficient_is_off_by_default():
