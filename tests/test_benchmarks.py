@@ -1,6 +1,7 @@
 """The speed benchmark's bookkeeping: FLOP count, ratios, targets and the files it writes."""
 
 import json
+import os
 
 import pytest
 
@@ -465,3 +466,27 @@ def test_op_profile_counts_the_steps_host_waits():
     assert profiles[2].host["aten::mm"][1] == 1
     # Without a GPU there are no kernels to report.
     assert profiles[2].device == {} and profiles[2].kernels == {} and profiles[2].device_total == 0
+
+
+@once_in("tensorflow", "runs the memory benchmark's own TensorFlow processes")
+def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "benchmarks.memory", "--backends=tensorflow"]
+    command += ["--depths=3,6", "--batch_size=4", "--timed_steps=1", "--tensorflow_calls=3"]
+    command += [f"--output_dir={tmp_path}"]
+    subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=900)
+    records = json.loads((tmp_path / "memory.json").read_text())
+    assert {(r["depth"], r["mode"]) for r in records} == {
+        (d, m) for d in (3, 6) for m in ("plain", "efficient")
+    }
+    for record in records:
+        low, high = record["peak_tensor_bytes_range"]
+        assert 0 < low <= record["peak_tensor_bytes"] <= high
+        assert record["activation_bytes"] == (
+            record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
+        )
+        assert "median of 3 calls" in record["method"]
+    assert "memory-efficient" in (tmp_path / "memory.md").read_text()
