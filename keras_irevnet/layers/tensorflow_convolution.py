@@ -63,8 +63,12 @@ def convolution(inputs, kernel, strides, padding, forward):
     @tf.custom_gradient
     def convolved(x, k):
         def gradient(output_gradient):
-            dx = _input_gradient(strides, padding)(tf.shape(x), k, output_gradient)
-            dk = _kernel_gradient(strides, padding)(x, tf.shape(k), output_gradient)
+            dx = _eigen_op("Conv2DBackpropInput", strides, padding)(
+                input_sizes=tf.shape(x), filter=k, out_backprop=output_gradient
+            )
+            dk = _eigen_op("Conv2DBackpropFilter", strides, padding)(
+                input=x, filter_sizes=tf.shape(k), out_backprop=output_gradient
+            )
             return dx, dk
 
         return forward(x, k), gradient
@@ -74,41 +78,21 @@ def convolution(inputs, kernel, strides, padding, forward):
     return convolved(inputs, tf.convert_to_tensor(kernel))
 
 
-# Each gradient op is built inside a function of its own, called but not inlined. Grappler
-# turns an op whose result nothing reads but which something waits for (reversible backprop's
-# barrier waits for every gradient of a block; a kernel gradient nobody asked for is one)
-# into a NoOp, and keeps its kernel label: TensorFlow then finds no "eigen_tensor" NoOp
-# kernel and the step fails. A function call turned into a NoOp has no label.
-_NOT_INLINED = {"_noinline": True}
-
-
 @functools.cache
-def _input_gradient(strides, padding):
-    @tf.function(autograph=False, reduce_retracing=True, experimental_attributes=_NOT_INLINED)
-    def input_gradient(input_sizes, kernel, output_gradient):
+def _eigen_op(name, strides, padding):
+    """`tf.raw_ops.<name>` with Eigen's kernel, in a function of its own, called but not
+    inlined. Grappler turns an op whose result nothing reads but which something waits for
+    (reversible backprop's barrier waits for every gradient of a block; a kernel gradient
+    nobody asked for is one) into a NoOp, and keeps its kernel label: TensorFlow then finds
+    no "eigen_tensor" NoOp kernel and the step fails. A function call turned into a NoOp
+    has no label."""
+    op = getattr(tf.raw_ops, name)
+
+    @tf.function(
+        autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True}
+    )
+    def labelled(**arguments):
         with _compat.tensorflow_kernel_label(_GRADIENT_OPS, _EIGEN):
-            return tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=input_sizes,
-                filter=kernel,
-                out_backprop=output_gradient,
-                strides=strides,
-                padding=padding,
-            )
+            return op(**arguments, strides=strides, padding=padding)
 
-    return input_gradient
-
-
-@functools.cache
-def _kernel_gradient(strides, padding):
-    @tf.function(autograph=False, reduce_retracing=True, experimental_attributes=_NOT_INLINED)
-    def kernel_gradient(inputs, kernel_sizes, output_gradient):
-        with _compat.tensorflow_kernel_label(_GRADIENT_OPS, _EIGEN):
-            return tf.raw_ops.Conv2DBackpropFilter(
-                input=inputs,
-                filter_sizes=kernel_sizes,
-                out_backprop=output_gradient,
-                strides=strides,
-                padding=padding,
-            )
-
-    return kernel_gradient
+    return labelled
