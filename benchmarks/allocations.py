@@ -37,13 +37,9 @@ def keep_tensorflow_cpu_statistics():
     keeps them, is chosen (`TF_CPU_ALLOCATOR_USE_BFC`, read when the CPU device is created).
     A value the user set is left as it is.
     """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
+    from keras_irevnet import _compat
 
-        one_dnn = _pywrap_util_port.IsMklEnabled()
-    except (ImportError, AttributeError):  # a TensorFlow without that probe
-        one_dnn = False
-    if not one_dnn:
+    if not _compat.tensorflow_uses_onednn():
         os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 

@@ -63,8 +63,9 @@ def tensorflow_uses_onednn():
     """Whether TensorFlow runs its CPU kernels through oneDNN (its default on Intel CPUs,
     off by default elsewhere; `TF_ENABLE_ONEDNN_OPTS` chooses). Without oneDNN its
     convolution gradients are its own im2col kernels, which
-    `keras_irevnet.layers.tensorflow_convolution` replaces; TensorFlow tells this only
-    through its private build-information probe.
+    `keras_irevnet.layers.tensorflow_convolution` replaces, and its CPU allocator keeps no
+    statistics (`benchmarks.allocations`); TensorFlow tells this only through its private
+    build-information probe.
     """
     try:
         from tensorflow.python.util import _pywrap_util_port
