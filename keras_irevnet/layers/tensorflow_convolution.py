@@ -33,7 +33,6 @@ import tensorflow as tf
 
 from keras_irevnet import _compat
 
-_GRADIENT_OPS = ("Conv2DBackpropInput", "Conv2DBackpropFilter")
 _EIGEN = "eigen_tensor"
 
 
@@ -92,7 +91,7 @@ def _eigen_op(name, strides, padding):
         autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True}
     )
     def labelled(**arguments):
-        with _compat.tensorflow_kernel_label(_GRADIENT_OPS, _EIGEN):
+        with _compat.tensorflow_kernel_label([name], _EIGEN):
             return op(**arguments, strides=strides, padding=padding)
 
     return labelled
