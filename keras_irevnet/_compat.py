@@ -63,7 +63,7 @@ def tensorflow_uses_onednn():
     """Whether TensorFlow runs its CPU kernels through oneDNN (its default on Intel CPUs,
     off by default elsewhere; `TF_ENABLE_ONEDNN_OPTS` chooses). Without oneDNN its
     convolution gradients are its own im2col kernels, which
-    `keras_irevnet.layers.tensorflow_convolution` replaces, and its CPU allocator keeps no
+    `keras_irevnet.layers.tensorflow_kernels` replaces, and its CPU allocator keeps no
     statistics (`benchmarks.allocations`); TensorFlow tells this only through its private
     build-information probe.
     """
@@ -87,6 +87,54 @@ def tensorflow_kernel_label(op_types, label):
     return tf.compat.v1.get_default_graph()._kernel_label_map(
         {op_type: label for op_type in op_types}
     )
+
+
+def tensorflow_has_cpu_kernel(op_type, label):
+    """Whether this TensorFlow build registers a CPU kernel for `op_type` under `label`.
+
+    oneDNN's kernels (`_MklNative*` ops, label "MklNameChangeOp") are in TensorFlow's x86
+    Linux builds whether or not oneDNN is switched on, and in no others; asking is how
+    `keras_irevnet.layers.tensorflow_kernels` knows it can use them. Only the private
+    kernel registry answers it.
+    """
+    from tensorflow.python.framework import kernels
+
+    try:
+        registered = kernels.get_registered_kernels_for_op(op_type).kernel
+    except Exception:  # an op this build does not know
+        return False
+    return any(k.device_type == "CPU" and k.label == label for k in registered)
+
+
+def tensorflow_op(op_type, **inputs_and_attributes):
+    """The outputs of a new `op_type` node in the graph being built.
+
+    TensorFlow's internal ops (oneDNN's `_MklNative*`) have no `tf.raw_ops` wrapper; this
+    is the op builder `tf.raw_ops` itself calls in graphs. Every attribute must be given
+    (the Python side does not fill the defaults of internal ops). Graph building only.
+    """
+    from tensorflow.python.framework import op_def_library
+
+    name = op_type.lstrip("_")  # node names may not start with "_"
+    _, _, _, outputs = op_def_library._apply_op_helper(op_type, name=name, **inputs_and_attributes)
+    return outputs
+
+
+def tensorflow_share_gradient(op_type, like):
+    """Registers `like`'s gradient function for `op_type`, unless it has one.
+
+    oneDNN's `_MklNative*` ops take the inputs and attributes of the op they stand for, so
+    that op's gradient is theirs; TensorFlow registers none for them in Python (its oneDNN
+    rewrite happens after differentiation). Reading a registered gradient function needs
+    the private registry.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import ops
+
+    try:
+        ops.gradient_registry.lookup(op_type)
+    except LookupError:
+        tf.RegisterGradient(op_type)(ops.gradient_registry.lookup(like))
 
 
 def tensorflow_could_record_gradients():

@@ -89,6 +89,44 @@ def test_tensorflow_kernel_labels_recording_and_onednn_probe():
     assert labels == [b"eigen_tensor", None]
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's kernel and gradient registries")
+def test_tensorflow_internal_ops_their_kernels_and_gradients():
+    import tensorflow as tf
+
+    assert _compat.tensorflow_has_cpu_kernel("Conv2DBackpropFilter", "eigen_tensor")
+    assert not _compat.tensorflow_has_cpu_kernel("Conv2DBackpropFilter", "no such label")
+    assert not _compat.tensorflow_has_cpu_kernel("NoSuchOp", "")
+
+    @tf.function
+    def built(x):  # a public op built through the internal builder
+        return _compat.tensorflow_op(
+            "Conv2D",
+            input=x,
+            filter=tf.ones((1, 1, 1, 1)),
+            strides=[1, 1, 1, 1],
+            padding="SAME",
+            use_cudnn_on_gpu=True,
+            explicit_paddings=[],
+            data_format="NHWC",
+            dilations=[1, 1, 1, 1],
+        )[0]
+
+    x = tf.reshape(tf.range(8.0), (2, 2, 2, 1))
+    np.testing.assert_array_equal(built(x).numpy(), x.numpy())
+    assert [op.type for op in built.get_concrete_function(x).graph.get_operations()].count(
+        "Conv2D"
+    ) == 1
+    # An op type with no gradient gets the one it is like (and keeps one it has).
+    from tensorflow.python.framework import ops
+
+    _compat.tensorflow_share_gradient("KerasIrevnetTestOpWithoutGradient", like="Relu")
+    assert ops.gradient_registry.lookup("KerasIrevnetTestOpWithoutGradient") is (
+        ops.gradient_registry.lookup("Relu")
+    )
+    _compat.tensorflow_share_gradient("Conv2D", like="Relu")
+    assert ops.gradient_registry.lookup("Conv2D") is not ops.gradient_registry.lookup("Relu")
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's version counter")
 def test_torch_version_counter_grows_with_in_place_writes():
     import torch

@@ -61,6 +61,15 @@ def kept_batch_statistics(kept, replay):
         _thread.kept_statistics = previous
 
 
+def _tensorflow_onednn_gradient():
+    """Whether a training-mode BatchNorm built now takes oneDNN's gradient kernel
+    (`keras_irevnet.layers.tensorflow_kernels`: TensorFlow on CPU without oneDNN). Decided
+    with the forward pass: when the gradient is built, no tape is recording."""
+    from keras_irevnet.layers import tensorflow_kernels
+
+    return tensorflow_kernels.onednn_applies()
+
+
 def _tensorflow_kept_statistics():
     """`(kept, replay)` of `kept_batch_statistics` where TensorFlow's fused path keeps them:
     on the CPU. (A GPU's training kernel hands its gradient a third reserve space, cuDNN's,
@@ -250,18 +259,43 @@ class BatchNormalization(keras.layers.BatchNormalization):
         kept, replay = _tensorflow_kept_statistics()
         if replay and kept and kept[0][0] == id(self):
             return self._tensorflow_replayed_batch_norm(inputs, gamma, beta, *kept.popleft()[1:])
-        # The op itself rather than tf.compat.v1.nn.fused_batch_norm, which drops the
-        # reserve spaces the training-mode gradient reads.
-        outputs, mean, variance, reserve_mean, reserve_variance, _ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs,
-            scale=gamma,
-            offset=beta,
-            mean=tf.constant([], gamma.dtype),
-            variance=tf.constant([], gamma.dtype),
-            epsilon=self.epsilon,
-            exponential_avg_factor=1.0,
-            data_format="NHWC",
-            is_training=True,
+        onednn = _tensorflow_onednn_gradient()
+
+        def fused(x, scale, offset):
+            # The op itself rather than tf.compat.v1.nn.fused_batch_norm, which drops the
+            # reserve spaces the training-mode gradient reads.
+            return tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=scale,
+                offset=offset,
+                mean=tf.constant([], scale.dtype),
+                variance=tf.constant([], scale.dtype),
+                epsilon=self.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=True,
+            )[:5]
+
+        # TensorFlow's forward kernel, oneDNN's gradient kernel.
+        @tf.custom_gradient
+        def fused_with_onednn_gradient(x, scale, offset):
+            results = fused(x, scale, offset)
+            reserve = results[3:]
+
+            def gradient(output_gradient, *statistics_gradients):
+                from keras_irevnet.layers import tensorflow_kernels
+
+                return tensorflow_kernels.batch_norm_gradient(
+                    output_gradient, x, scale, *reserve, self.epsilon
+                )
+
+            return results, gradient
+
+        normalised = fused_with_onednn_gradient if onednn else fused
+        # Tensors, not the variables Keras' convert_to_tensor may hand back: a custom gradient
+        # would have to return gradients for variables read inside it.
+        outputs, mean, variance, reserve_mean, reserve_variance = normalised(
+            inputs, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
         )
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
         biased = variance * ((count - 1.0) / count)  # what the kernel normalised with
@@ -278,8 +312,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         """The training-mode BatchNorm of `inputs` with batch statistics kept from the same
         call in the forward pass: normalised in one pass by the inference kernel, with the
         gradient of training mode (through the batch statistics), TensorFlow's own kernel
-        for it given the forward call's reserve spaces."""
+        for it given the forward call's reserve spaces (or oneDNN's, see
+        `keras_irevnet.layers.tensorflow_kernels`)."""
         import tensorflow as tf
+
+        onednn = _tensorflow_onednn_gradient()
 
         @tf.custom_gradient
         def replayed(x, scale, offset):
@@ -294,6 +331,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
             )
 
             def gradient(output_gradient):
+                if onednn:
+                    from keras_irevnet.layers import tensorflow_kernels
+
+                    return tensorflow_kernels.batch_norm_gradient(
+                        output_gradient, x, scale, reserve_mean, reserve_variance, self.epsilon
+                    )
                 dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
                     y_backprop=output_gradient,
                     x=x,

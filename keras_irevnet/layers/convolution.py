@@ -32,8 +32,9 @@ class Conv2D(keras.layers.Conv2D):
     matrix product (`_shifted_products_convolution`). On JAX on CPU, a stride-1 "same"
     convolution to fewer channels than it reads (kernel not wide) has its kernel gradient
     computed in the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`). On
-    TensorFlow without oneDNN, the gradients of the others are computed by Eigen's kernels,
-    not TensorFlow's default im2col ones (`keras_irevnet.layers.tensorflow_convolution`).
+    TensorFlow without oneDNN, the others are trained with oneDNN's kernels (float32) or
+    Eigen's gradient kernels, not TensorFlow's default ones
+    (`keras_irevnet.layers.tensorflow_kernels`).
 
     Everything else, and `torch.compile`, is Keras' own `Conv2D`. Weights are those of
     Keras' layer, and results too: bit for bit on the channels_last path, to float32
@@ -45,7 +46,7 @@ class Conv2D(keras.layers.Conv2D):
     _torch_padding = None  # the fast path's padding where torch takes it
     _shifted_products = False
     _jax_narrowing = False
-    _tensorflow_eigen_gradients = False
+    _tensorflow_cpu_kernels = False
 
     def build(self, input_shape):
         wide = _wide_kernel(input_shape[1:3], input_shape[-1], self.filters, self.kernel_size)
@@ -67,7 +68,7 @@ class Conv2D(keras.layers.Conv2D):
             and input_shape[-1] > self.filters
             and jax_cpu
         )
-        self._tensorflow_eigen_gradients = (
+        self._tensorflow_cpu_kernels = (
             keras.backend.backend() == "tensorflow"
             and not self._shifted_products
             and self.data_format == "channels_last"
@@ -91,11 +92,11 @@ class Conv2D(keras.layers.Conv2D):
 
             convert = keras.ops.convert_to_tensor
             return jax_convolution.convolution(convert(inputs), convert(kernel))
-        if self._tensorflow_eigen_gradients:
-            from keras_irevnet.layers import tensorflow_convolution
+        if self._tensorflow_cpu_kernels:
+            from keras_irevnet.layers import tensorflow_kernels
 
-            if tensorflow_convolution.applies():
-                return tensorflow_convolution.convolution(
+            if tensorflow_kernels.applies():
+                return tensorflow_kernels.convolution(
                     inputs, kernel, self.strides, self.padding, super().convolution_op
                 )
         padding = self._torch_padding

@@ -1,0 +1,168 @@
+"""TensorFlow on CPU without oneDNN: oneDNN's kernels for the layers' training graphs.
+
+TensorFlow runs its CPU kernels through oneDNN by default only on some Intel CPUs
+(`TF_ENABLE_ONEDNN_OPTS` chooses, once, before TensorFlow starts); elsewhere (AMD's CPUs
+without AVX-512, among others) convolutions and BatchNorm get TensorFlow's own kernels,
+which are slow on i-RevNet's shapes. Its convolution gradients also lay the image out as
+columns (im2col) in a scratch buffer sized for a 30 MB working set whatever the batch, and a
+graph runs the input and kernel gradients side by side: about 65 MB at the peak of every
+training step whatever the depth, more than reversible backprop keeps for the whole CIFAR
+model at batch 64. On 2 cores of an AMD EPYC (AVX2), the CIFAR model at batch 64, each op
+timed alone and weighted by the blocks that use it (ms per step):
+
+    kernels                                  conv forward  input grad  kernel grad  BN grad
+    TensorFlow's own (no oneDNN)                   864         1322     (im2col)       335
+    Eigen's tensor contractions ("eigen_tensor")     -          835        1018          -
+    oneDNN's, as TensorFlow runs them with it      651          636         887        110
+
+TensorFlow's x86 Linux builds register oneDNN's kernels whether or not oneDNN is on; it
+only rewrites graphs to use them when it is. So in training graphs on such a machine
+`keras_irevnet.layers.Conv2D` builds oneDNN's convolution and its gradients itself (the
+`_MklNative*` ops TensorFlow's rewrite would have put there), through a custom gradient, and
+`keras_irevnet.layers.BatchNormalization` its training-mode gradient; a build without
+oneDNN's kernels gets Eigen's convolution gradients (no im2col buffer) and TensorFlow's own
+kernels otherwise. Nothing else in the process changes: other ops keep TensorFlow's kernels,
+and graphs that are not differentiated (predictions, exports: they must load where oneDNN's
+ops do not exist) are Keras' own ops.
+
+Kernels are chosen by a graph's kernel labels, so this applies in `tf.function` graphs
+(Keras' compiled steps) and only where the operations run on a CPU: not eagerly, not under
+XLA (which has its own kernels and refuses labelled ones), not where TensorFlow sees a GPU.
+Results are those of TensorFlow's own kernels to float32 rounding (tested). Higher-order
+gradients work; their further terms are TensorFlow's own gradients of these ops.
+"""
+
+import functools
+
+import tensorflow as tf
+
+from keras_irevnet import _compat
+
+_EIGEN = "eigen_tensor"
+_ONEDNN = "MklNameChangeOp"  # the label TensorFlow's oneDNN rewrite gives these ops
+# TensorFlow's op -> oneDNN's, which takes the same inputs and attributes.
+_ONEDNN_OPS = {
+    "Conv2D": "_MklNativeConv2D",
+    "Conv2DBackpropInput": "_MklNativeConv2DBackpropInput",
+    "Conv2DBackpropFilter": "_MklNativeConv2DBackpropFilter",
+    "FusedBatchNormGradV3": "_MklNativeFusedBatchNormGradV3",
+}
+
+
+@functools.cache
+def _cpu_without_onednn():
+    return not _compat.tensorflow_uses_onednn() and not tf.config.list_logical_devices("GPU")
+
+
+@functools.cache
+def _onednn_kernels():
+    """Whether this build has oneDNN's kernels for the ops (registering TensorFlow's
+    gradients of the ops they stand for as theirs)."""
+    available = all(
+        _compat.tensorflow_has_cpu_kernel(onednn, _ONEDNN) for onednn in _ONEDNN_OPS.values()
+    )
+    if available:
+        for op, onednn in _ONEDNN_OPS.items():
+            _compat.tensorflow_share_gradient(onednn, like=op)
+    return available
+
+
+def applies():
+    """Whether an op built now gets these kernels: TensorFlow building a graph that may be
+    differentiated, outside XLA, on a machine whose TensorFlow has no GPU and runs without
+    oneDNN."""
+    return (
+        not tf.executing_eagerly()
+        and _compat.tensorflow_could_record_gradients()
+        and not _compat.tensorflow_in_xla_context()
+        and _cpu_without_onednn()
+    )
+
+
+def onednn_applies():
+    """Whether a float32 op built now gets oneDNN's kernels: `applies()`, and this build
+    has them."""
+    return applies() and _onednn_kernels()
+
+
+def convolution(inputs, kernel, strides, padding, forward):
+    """`forward(inputs, kernel)` (a 2D NHWC convolution, undilated, ungrouped, with these
+    `strides` and "same"/"valid" `padding`) computed, and differentiated, by oneDNN's
+    kernels (float32, where this build has them), or differentiated by Eigen's."""
+    onednn = inputs.dtype == tf.float32 and _onednn_kernels()
+    attributes = dict(
+        strides=(1, *strides, 1),
+        padding=padding.upper(),
+        use_cudnn_on_gpu=True,
+        explicit_paddings=(),
+        data_format="NHWC",
+        dilations=(1, 1, 1, 1),
+    )
+
+    def op(name, **more):
+        return _labelled_op(name, onednn, **attributes, **more)
+
+    @tf.custom_gradient
+    def convolved(x, k):
+        def gradient(output_gradient):
+            dx = op("Conv2DBackpropInput")(
+                input_sizes=tf.shape(x), filter=k, out_backprop=output_gradient
+            )
+            dk = op("Conv2DBackpropFilter")(
+                input=x, filter_sizes=tf.shape(k), out_backprop=output_gradient
+            )
+            return dx[0], dk[0]
+
+        if onednn:  # (the kernel changes at every step)
+            return op("Conv2D", is_filter_const=False)(input=x, filter=k)[0], gradient
+        return forward(x, k), gradient
+
+    # Tensors, not the variable: a custom gradient would have to return gradients for
+    # variables read inside it.
+    return convolved(inputs, tf.convert_to_tensor(kernel))
+
+
+def batch_norm_gradient(output_gradient, x, scale, reserve_mean, reserve_variance, epsilon):
+    """(dx, dscale, doffset) of training-mode `FusedBatchNormV3` (NHWC) on `x`, given the
+    two per-channel reserve spaces of its forward call, by oneDNN's kernel (where
+    `onednn_applies()`). It reads the reserve spaces TensorFlow's own forward kernel
+    writes (the batch mean and the biased variance): equal to TensorFlow's own gradient to
+    float32 rounding (tested)."""
+    gradient = _labelled_op(
+        "FusedBatchNormGradV3",
+        True,
+        epsilon=epsilon,
+        data_format="NHWC",
+        is_training=True,
+    )
+    dx, dscale, doffset, _, _ = gradient(
+        y_backprop=output_gradient,
+        x=x,
+        scale=scale,
+        reserve_space_1=reserve_mean,
+        reserve_space_2=reserve_variance,
+        reserve_space_3=tf.constant([], scale.dtype),
+    )
+    return dx, dscale, doffset
+
+
+@functools.cache
+def _labelled_op(op, onednn, **attributes):
+    """TensorFlow's `op` with oneDNN's kernel (`onednn`) or Eigen's, in a function of its
+    own, called but not inlined.
+    Grappler turns an op whose result nothing reads but which something waits for
+    (reversible backprop's barrier waits for every gradient of a block; a kernel gradient
+    nobody asked for is one) into a NoOp, and keeps its kernel label: TensorFlow then
+    finds no NoOp kernel under that label and the step fails. A function call turned into
+    a NoOp has no label."""
+    op_type, label = (_ONEDNN_OPS[op], _ONEDNN) if onednn else (op, _EIGEN)
+    attributes = {k: list(v) if isinstance(v, tuple) else v for k, v in attributes.items()}
+
+    @tf.function(
+        autograph=False, reduce_retracing=True, experimental_attributes={"_noinline": True}
+    )
+    def labelled(**inputs):
+        with _compat.tensorflow_kernel_label([op_type], label):
+            return _compat.tensorflow_op(op_type, **inputs, **attributes)
+
+    return labelled
