@@ -589,8 +589,9 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
     # bytes at 4 and 16 blocks; plain autodiff 3.4 and 9.6 MB (519 KB more per block).
     # Without it (AMD's CPUs; BFC allocator), with Eigen's convolution gradients (as
     # keras_irevnet/layers/tensorflow_kernels.py took them before it took oneDNN's kernels
-    # there): 3.46 and 3.57 MB, plain 4.6 and 14.6 MB. (TensorFlow's default im2col gradients there held a scratch working set of
-    # about 67 MB at the peak of every step, in both modes.) TensorFlow's executor order is
+    # there): 3.46 and 3.57 MB, plain 4.6 and 14.6 MB. (TensorFlow's default im2col
+    # gradients there held a scratch working set of about 67 MB at the peak of every step,
+    # in both modes.) TensorFlow's executor order is
     # not fixed: on a 2-core CI machine all five calls at 16 blocks once held one more
     # 256 KB buffer at the peak (3,058,264 bytes, 1.07x). So flat means what the
     # speed-and-memory targets say (deeper within 1.2x), the growth per added block stays

@@ -324,3 +324,53 @@ def test_batch_norm_gradient_by_onednn_equals_tensorflow_own(monkeypatch, replay
     # (Twice in the graph's functions: differentiating a function call makes a copy of it.)
     assert set(labels) == {("_MklNativeFusedBatchNormGradV3", "MklNameChangeOp")}
     assert reference_labels == []
+
+
+def test_predictions_and_evaluations_take_onednn_kernels_exports_do_not(monkeypatch, tmp_path):
+    # Keras' predict and test steps (never saved) are built with oneDNN's convolutions; an
+    # export traced in the same process, after them, holds TensorFlow's public ops only
+    # (a SavedModel must load where oneDNN's ops do not exist) and computes the same.
+    import tensorflow as tf
+
+    from keras_irevnet.export import export_saved_model
+    from keras_irevnet.layers import tensorflow_kernels
+
+    x = preprocessed_photos(32, 4)
+    y = np.eye(5, dtype="float32")[[0, 1, 2, 3]]
+    reference = tiny_model()
+    reference.compile(loss="mse")
+    expected = reference.predict_on_batch(x)
+    expected_inverse = reference.inverse_model().predict_on_batch(reference.features(x))
+    expected_loss = reference.evaluate(x, y, verbose=0)
+
+    _force(monkeypatch, "onednn")
+    built = []
+    convolution = tensorflow_kernels.convolution
+    monkeypatch.setattr(
+        tensorflow_kernels,
+        "convolution",
+        lambda *args: built.append(tf.executing_eagerly()) or convolution(*args),
+    )
+    model = tiny_model()
+    model.compile(loss="mse")
+    for call, want in (
+        (lambda: model.predict_on_batch(x), expected),
+        (lambda: model.predict(x, verbose=0), expected),
+        (lambda: model.inverse_model().predict_on_batch(model.features(x)), expected_inverse),
+        (lambda: model.evaluate(x, y, verbose=0), expected_loss),
+    ):
+        before = len(built)
+        result = call()
+        assert len(built) > before  # traced with these kernels
+        assert relative_error(result, want) < 1e-5, relative_error(result, want)
+    assert relative_error(model(x), expected) < 1e-5  # eager: Keras' ops
+
+    before = len(built)
+    export_saved_model(model, str(tmp_path / "saved"))
+    model.export(str(tmp_path / "keras_saved"), format="tf_saved_model")
+    assert len(built) == before
+    for directory in ("saved", "keras_saved"):
+        graph = (tmp_path / directory / "saved_model.pb").read_bytes()
+        assert b"Conv2D" in graph and b"_MklNative" not in graph and b"MklNameChangeOp" not in graph
+    loaded = tf.saved_model.load(str(tmp_path / "keras_saved"))
+    assert relative_error(loaded.serve(tf.constant(x)), expected) < 1e-5

@@ -1,4 +1,4 @@
-"""TensorFlow on CPU without oneDNN: oneDNN's kernels for the layers' training graphs.
+"""TensorFlow on CPU without oneDNN: oneDNN's kernels in the graphs Keras runs and never saves.
 
 TensorFlow runs its CPU kernels through oneDNN by default only on some Intel CPUs
 (`TF_ENABLE_ONEDNN_OPTS` chooses, once, before TensorFlow starts); elsewhere (AMD's CPUs
@@ -16,14 +16,17 @@ timed alone and weighted by the blocks that use it (ms per step):
     oneDNN's, as TensorFlow runs them with it      651          636         887        110
 
 TensorFlow's x86 Linux builds register oneDNN's kernels whether or not oneDNN is on; it
-only rewrites graphs to use them when it is. So in training graphs on such a machine
+only rewrites graphs to use them when it is. So on such a machine
 `keras_irevnet.layers.Conv2D` builds oneDNN's convolution and its gradients itself (the
 `_MklNative*` ops TensorFlow's rewrite would have put there), through a custom gradient, and
 `keras_irevnet.layers.BatchNormalization` its training-mode gradient; a build without
 oneDNN's kernels gets Eigen's convolution gradients (no im2col buffer) and TensorFlow's own
-kernels otherwise. Nothing else in the process changes: other ops keep TensorFlow's kernels,
-and graphs that are not differentiated (predictions, exports: they must load where oneDNN's
-ops do not exist) are Keras' own ops.
+kernels otherwise. This is done in graphs that are run here and never saved: those that
+may be differentiated (a gradient tape records: Keras' train step) and Keras' predict and
+test steps of keras_irevnet's models (`keras_step()`, `keras_irevnet.models.step_kernels`).
+Exports (`model.export`, `tf.saved_model.save`, ONNX) trace the model's `call`, with no tape,
+and get Keras' own ops: a SavedModel must load where oneDNN's ops do not exist. Nothing else
+in the process changes: other ops keep TensorFlow's kernels.
 
 Kernels are chosen by a graph's kernel labels, so this applies in `tf.function` graphs
 (Keras' compiled steps) and only where the operations run on a CPU: not eagerly, not under
@@ -32,7 +35,9 @@ Results are those of TensorFlow's own kernels to float32 rounding (tested). High
 gradients work; their further terms are TensorFlow's own gradients of these ops.
 """
 
+import contextlib
 import functools
+import threading
 
 import tensorflow as tf
 
@@ -47,6 +52,22 @@ _ONEDNN_OPS = {
     "Conv2DBackpropFilter": "_MklNativeConv2DBackpropFilter",
     "FusedBatchNormGradV3": "_MklNativeFusedBatchNormGradV3",
 }
+
+
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def keras_step():
+    """A context for tracing Keras' predict and test steps (`keras_irevnet.models.step_kernels`):
+    graphs that run here and are never saved, which may take oneDNN's kernels without a
+    gradient tape."""
+    previous = getattr(_thread, "keras_step", False)
+    _thread.keras_step = True
+    try:
+        yield
+    finally:
+        _thread.keras_step = previous
 
 
 @functools.cache
@@ -69,11 +90,11 @@ def _onednn_kernels():
 
 def applies():
     """Whether an op built now gets these kernels: TensorFlow building a graph that may be
-    differentiated, outside XLA, on a machine whose TensorFlow has no GPU and runs without
-    oneDNN."""
+    differentiated or that is Keras' predict or test step (`keras_step()`), outside XLA, on
+    a machine whose TensorFlow has no GPU and runs without oneDNN."""
     return (
         not tf.executing_eagerly()
-        and _compat.tensorflow_could_record_gradients()
+        and (_compat.tensorflow_could_record_gradients() or getattr(_thread, "keras_step", False))
         and not _compat.tensorflow_in_xla_context()
         and _cpu_without_onednn()
     )

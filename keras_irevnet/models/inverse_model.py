@@ -2,10 +2,11 @@
 
 import keras
 
+from keras_irevnet.models.step_kernels import StepKernels
 from keras_irevnet.models.xla_cpu_options import XlaCpuOptions
 
 
-class InverseModel(XlaCpuOptions, keras.Model):
+class InverseModel(StepKernels, XlaCpuOptions, keras.Model):
     """Phi(x) -> x as a Keras model, sharing its variables with the i-RevNet it inverts.
 
     `IRevNet.inverse` is a plain method: called eagerly, every operation is dispatched one

@@ -11,7 +11,14 @@ from keras_irevnet.layers.bottleneck import BN_EPSILON
 from keras_irevnet.layers.channels import merge_channels
 from keras_irevnet.layers.initializers import torch_bias_initializer, torch_kernel_initializer
 from keras_irevnet.layers.invertible_downsampling import InvertibleDownsampling
-from keras_irevnet.models import checks, optimizer_layout, presets, weights_file, xla_cpu_options
+from keras_irevnet.models import (
+    checks,
+    optimizer_layout,
+    presets,
+    step_kernels,
+    weights_file,
+    xla_cpu_options,
+)
 from keras_irevnet.models.block_stack import BlockStack
 from keras_irevnet.models.inverse_model import InverseModel
 
@@ -23,6 +30,7 @@ HEAD_BN_MOMENTUM = 0.1
 @keras.saving.register_keras_serializable(package="keras_irevnet")
 class IRevNet(
     weights_file.SafeWeightsFiles,
+    step_kernels.StepKernels,
     xla_cpu_options.XlaCpuOptions,
     optimizer_layout.TorchOptimizerLayout,
     keras.Model,
