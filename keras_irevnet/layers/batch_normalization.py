@@ -61,15 +61,6 @@ def kept_batch_statistics(kept, replay):
         _thread.kept_statistics = previous
 
 
-def _tensorflow_onednn_gradient():
-    """Whether a training-mode BatchNorm built now takes oneDNN's gradient kernel
-    (`keras_irevnet.layers.tensorflow_kernels`: TensorFlow on CPU without oneDNN). Decided
-    with the forward pass: when the gradient is built, no tape is recording."""
-    from keras_irevnet.layers import tensorflow_kernels
-
-    return tensorflow_kernels.onednn_applies()
-
-
 def _tensorflow_kept_statistics():
     """`(kept, replay)` of `kept_batch_statistics` where TensorFlow's fused path keeps them:
     on the CPU. (A GPU's training kernel hands its gradient a third reserve space, cuDNN's,
@@ -259,7 +250,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         kept, replay = _tensorflow_kept_statistics()
         if replay and kept and kept[0][0] == id(self):
             return self._tensorflow_replayed_batch_norm(inputs, gamma, beta, *kept.popleft()[1:])
-        onednn = _tensorflow_onednn_gradient()
+        from keras_irevnet.layers import tensorflow_kernels
+
+        onednn = tensorflow_kernels.onednn_applies()
 
         def fused(x, scale, offset):
             # The op itself rather than tf.compat.v1.nn.fused_batch_norm, which drops the
@@ -283,10 +276,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
             reserve = results[3:]
 
             def gradient(output_gradient, *statistics_gradients):
-                from keras_irevnet.layers import tensorflow_kernels
-
                 return tensorflow_kernels.batch_norm_gradient(
-                    output_gradient, x, scale, *reserve, self.epsilon
+                    output_gradient, x, scale, *reserve, self.epsilon, onednn=True
                 )
 
             return results, gradient
@@ -316,7 +307,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         `keras_irevnet.layers.tensorflow_kernels`)."""
         import tensorflow as tf
 
-        onednn = _tensorflow_onednn_gradient()
+        from keras_irevnet.layers import tensorflow_kernels
+
+        onednn = tensorflow_kernels.onednn_applies()
 
         @tf.custom_gradient
         def replayed(x, scale, offset):
@@ -331,24 +324,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
             )
 
             def gradient(output_gradient):
-                if onednn:
-                    from keras_irevnet.layers import tensorflow_kernels
-
-                    return tensorflow_kernels.batch_norm_gradient(
-                        output_gradient, x, scale, reserve_mean, reserve_variance, self.epsilon
-                    )
-                dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                    y_backprop=output_gradient,
-                    x=x,
-                    scale=scale,
-                    reserve_space_1=reserve_mean,
-                    reserve_space_2=reserve_variance,
-                    reserve_space_3=tf.constant([], scale.dtype),
-                    epsilon=self.epsilon,
-                    data_format="NHWC",
-                    is_training=True,
+                return tensorflow_kernels.batch_norm_gradient(
+                    output_gradient, x, scale, reserve_mean, reserve_variance, self.epsilon, onednn
                 )
-                return dx, dscale, doffset
 
             return outputs, gradient
 
