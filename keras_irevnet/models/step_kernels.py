@@ -24,12 +24,14 @@ def _keras_step():
 
 
 class StepKernels:
-    """Mixin for a `keras.Model`: its predict and test steps traced in `_keras_step()`."""
+    """Mixin for a `keras.Model`: its predict and test steps traced in `_keras_step()`.
 
-    def predict_step(self, data):
-        with _keras_step():
-            return super().predict_step(data)
+    (Arguments passed through: JAX's steps take `(state, data)`, the others `(data)`.)"""
 
-    def test_step(self, data):
+    def predict_step(self, *args, **kwargs):
         with _keras_step():
-            return super().test_step(data)
+            return super().predict_step(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        with _keras_step():
+            return super().test_step(*args, **kwargs)
