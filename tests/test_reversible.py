@@ -591,14 +591,13 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
     # keras_irevnet/layers/tensorflow_kernels.py took them before it took oneDNN's kernels
     # there): 3.46 and 3.57 MB, plain 4.6 and 14.6 MB. (TensorFlow's default im2col
     # gradients there held a scratch working set of about 67 MB at the peak of every step,
-    # in both modes.) TensorFlow's executor order is
-    # not fixed: on a 2-core CI machine all five calls at 16 blocks once held one more
-    # 256 KB buffer at the peak (3,058,264 bytes, 1.07x). So flat means what the
-    # speed-and-memory targets say (deeper within 1.2x), the growth per added block stays
-    # under a tenth of plain autodiff's, 16 blocks hold under a third of what plain
-    # autodiff's 16 hold, and of what plain autodiff's 16 blocks hold (its growth per
-    # block, 16 times) the memory-efficient step saves at least two thirds (oneDNN 6.8 of
-    # 8.3 MB, Eigen 11.0 of 13.3 MB).
+    # in both modes.) TensorFlow's executor order is not fixed: on a 2-core CI machine all
+    # five calls at 16 blocks once held one more 256 KB buffer at the peak (3,058,264
+    # bytes, 1.07x). So flat means what the speed-and-memory targets say (deeper within
+    # 1.2x), the growth per added block stays under a tenth of plain autodiff's, 16 blocks
+    # hold under a third of what plain autodiff's 16 hold, and of what plain autodiff's 16
+    # blocks hold (its growth per block, 16 times) the memory-efficient step saves at least
+    # two thirds (oneDNN 6.8 of 8.3 MB, Eigen 11.0 of 13.3 MB).
     assert deep <= 1.2 * shallow, (shallow, deep)
     assert deep - shallow < (plain_deep - plain_shallow) / 10, (shallow, deep, plain_deep)
     assert deep < plain_deep / 3, (deep, plain_deep)
