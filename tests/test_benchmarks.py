@@ -475,13 +475,14 @@ def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, "-m", "benchmarks.memory", "--backends=tensorflow"]
-    command += ["--depths=3,6", "--batch_size=4", "--timed_steps=1", "--tensorflow_calls=3"]
+    # One depth: each depth and mode is a process of its own that traces its steps (about
+    # 20 s apiece). The targets across depths: test_memory_targets_read_the_deepest_and_
+    # shallowest_measurements.
+    command += ["--depths=3", "--batch_size=4", "--timed_steps=1", "--tensorflow_calls=3"]
     command += [f"--output_dir={tmp_path}"]
     subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=900)
     records = json.loads((tmp_path / "memory.json").read_text())
-    assert {(r["depth"], r["mode"]) for r in records} == {
-        (d, m) for d in (3, 6) for m in ("plain", "efficient")
-    }
+    assert {(r["depth"], r["mode"]) for r in records} == {(3, "plain"), (3, "efficient")}
     for record in records:
         low, high = record["peak_tensor_bytes_range"]
         assert 0 < low <= record["peak_tensor_bytes"] <= high
@@ -489,4 +490,4 @@ def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
             record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         )
         assert "median of 3 calls" in record["method"]
-    assert "memory-efficient" in (tmp_path / "memory.md").read_text()
+    assert "median of 3 calls" in (tmp_path / "memory.md").read_text()
