@@ -67,6 +67,12 @@ flags.DEFINE_integer(
     5,
     "TensorFlow: calls measured; the figure is their median peak (the range is recorded).",
 )
+flags.DEFINE_integer(
+    "tensorflow_inter_op_threads",
+    0,
+    "TensorFlow: threads running independent operations at once (0: TensorFlow's choice); "
+    "the order they run in changes the peak.",
+)
 flags.DEFINE_list("modes", ["plain", "efficient"], "plain and/or efficient (reversible).")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON, table and plot go.")
 flags.DEFINE_integer("timeout", 3600, "Seconds allowed to one measurement process.")
@@ -187,12 +193,16 @@ def measure(backend, depth, mode):
         record["peak_tensor_bytes"] = int(statistics.median(peaks))
         record["peak_tensor_bytes_range"] = [min(peaks), max(peaks)]
         record["weight_gradient_bytes"] = weight_gradient_bytes(model)
+        # 0: TensorFlow's choice (one per core).
+        record["inter_op_threads"] = FLAGS.tensorflow_inter_op_threads
         record["activation_bytes"] = record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         record["method"] = (
             "TensorFlow's allocator statistics: peak of the bytes allocated during the loss "
             "gradient above those before it (median of "
             f"{FLAGS.tensorflow_calls} calls), minus the bytes of the weight gradients"
         )
+        if FLAGS.tensorflow_inter_op_threads:
+            record["method"] += f"; {FLAGS.tensorflow_inter_op_threads} inter-op thread(s)"
 
     times = []
     for _ in range(FLAGS.timed_steps):
@@ -214,6 +224,7 @@ def _run_worker(backend, depth, mode):
         f"--batch_size={FLAGS.batch_size}",
         f"--timed_steps={FLAGS.timed_steps}",
         f"--tensorflow_calls={FLAGS.tensorflow_calls}",
+        f"--tensorflow_inter_op_threads={FLAGS.tensorflow_inter_op_threads}",
     ]
     result = subprocess.run(
         command, cwd=root, env=env, capture_output=True, text=True, timeout=FLAGS.timeout
@@ -232,6 +243,12 @@ def main(argv):
         backend, depth, mode = FLAGS.worker.split(",")
         if backend == "tensorflow":
             keep_tensorflow_cpu_statistics()
+            if FLAGS.tensorflow_inter_op_threads:
+                import tensorflow as tf
+
+                tf.config.threading.set_inter_op_parallelism_threads(
+                    FLAGS.tensorflow_inter_op_threads
+                )
         print("RESULT " + json.dumps(measure(backend, int(depth), mode)), flush=True)
         return
     depths = [int(d) for d in FLAGS.depths]

@@ -479,7 +479,7 @@ def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
     # 20 s apiece). The targets across depths: test_memory_targets_read_the_deepest_and_
     # shallowest_measurements.
     command += ["--depths=3", "--batch_size=4", "--timed_steps=1", "--tensorflow_calls=3"]
-    command += [f"--output_dir={tmp_path}"]
+    command += ["--tensorflow_inter_op_threads=1", f"--output_dir={tmp_path}"]
     subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=900)
     records = json.loads((tmp_path / "memory.json").read_text())
     assert {(r["depth"], r["mode"]) for r in records} == {(3, "plain"), (3, "efficient")}
@@ -490,4 +490,5 @@ def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
             record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         )
         assert "median of 3 calls" in record["method"]
+        assert record["inter_op_threads"] == 1 and "1 inter-op thread" in record["method"]
     assert "median of 3 calls" in (tmp_path / "memory.md").read_text()
