@@ -72,6 +72,7 @@ flags.DEFINE_integer(
     0,
     "TensorFlow: threads running independent operations at once (0: TensorFlow's choice); "
     "the order they run in changes the peak.",
+    lower_bound=0,
 )
 flags.DEFINE_list("modes", ["plain", "efficient"], "plain and/or efficient (reversible).")
 flags.DEFINE_string("output_dir", "runs/benchmarks", "Where the JSON, table and plot go.")
@@ -193,7 +194,7 @@ def measure(backend, depth, mode):
         record["peak_tensor_bytes"] = int(statistics.median(peaks))
         record["peak_tensor_bytes_range"] = [min(peaks), max(peaks)]
         record["weight_gradient_bytes"] = weight_gradient_bytes(model)
-        # 0: TensorFlow's choice (one per core).
+        # 0: TensorFlow's choice.
         record["inter_op_threads"] = FLAGS.tensorflow_inter_op_threads
         record["activation_bytes"] = record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         record["method"] = (
