@@ -476,8 +476,8 @@ def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, "-m", "benchmarks.memory", "--backends=tensorflow"]
     # One depth: each depth and mode is a process of its own that traces its steps (about
-    # 20 s apiece). The targets across depths: test_memory_targets_read_the_deepest_and_
-    # shallowest_measurements.
+    # 25 s apiece here). The targets across depths are checked by
+    # test_memory_targets_read_the_deepest_and_shallowest_measurements.
     command += ["--depths=3", "--batch_size=4", "--timed_steps=1", "--tensorflow_calls=3"]
     command += ["--tensorflow_inter_op_threads=1", f"--output_dir={tmp_path}"]
     subprocess.run(command, cwd=root, check=True, capture_output=True, timeout=900)
