@@ -168,9 +168,14 @@ def _convert(checkpoint, converted):
 
 def _drop_the_classifier(full, converted):
     """The weights of `full` without the classifier (for include_top=False models)."""
+    import keras
+
     import keras_irevnet as kir
 
-    model = kir.IRevNetBijective(weights=full)
     headless = kir.IRevNetBijective(include_top=False, weights=None)
-    headless.block_stack.set_weights(model.block_stack.get_weights())
+    # Keras' own loading, with its shape checks: each of the headless model's layers from
+    # the group of the same name in `full`, the classifier's groups left unread. (The
+    # model's `load_weights` would refuse the file for its classifier.) Building the full
+    # model as well, to copy its block stack over, cost TensorFlow another 15 s.
+    keras.Model.load_weights(headless, full)
     headless.save_weights(converted)
