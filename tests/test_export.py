@@ -21,6 +21,7 @@ from keras_irevnet.convert import _conv_kernel, _weight_plan
 from tests.helpers import (
     IMPORT_BLOCKER,
     TINY,
+    once_in,
     preprocessed_photos,
     relative_error,
     tiny_model,
@@ -310,6 +311,11 @@ def test_export_app_relative_paths_mean_the_callers_directory(small, tmp_path, m
     }
 
 
+@once_in(
+    "tensorflow",
+    "the program exports in a TensorFlow process whatever the backend; run() with relative "
+    "paths, which hands over to that process from JAX and torch, is tested on every backend",
+)
 @pytest.mark.slow
 def test_export_program_relative_paths_mean_the_callers_directory(small, tmp_path):
     model, _ = small
