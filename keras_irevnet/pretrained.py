@@ -171,11 +171,13 @@ def _drop_the_classifier(full, converted):
     import keras
 
     import keras_irevnet as kir
+    from keras_irevnet.models.weights_file import reading_errors
 
     headless = kir.IRevNetBijective(include_top=False, weights=None)
     # Keras' own loading, with its shape checks: each of the headless model's layers from
     # the group of the same name in `full`, the classifier's groups left unread. (The
     # model's `load_weights` would refuse the file for its classifier.) Building the full
     # model as well, to copy its block stack over, cost TensorFlow another 12-16 s.
-    keras.Model.load_weights(headless, full)
+    with reading_errors(full, headless.name):
+        keras.Model.load_weights(headless, full)
     headless.save_weights(converted)
