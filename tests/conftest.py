@@ -33,6 +33,28 @@ if os.environ.get("KERAS_BACKEND") == "jax":
         [given] + [f for f in TEST_XLA_FLAGS if f.split("=")[0] not in given and _xla_takes(f)]
     ).strip()
 
+
+def _cpus_per_worker():
+    """This process's share of the CPUs when it is one of pytest-xdist's workers, else None."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if not workers:
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // workers)
+
+
+# `make test` runs a worker per CPU, and torch gives each a thread per CPU, whose OpenMP
+# threads spin while they wait: two workers' threads fight over two CPUs. The tests' models
+# are small, so a worker's share of the CPUs is all it needs. Measured with seven of the
+# torch suite's test files on two workers, two runs each way: 112 and 133 s against 173 and
+# 187 s. (TensorFlow's suite measured the same either way, JAX's within its noise: both are
+# left as they set themselves up.) Set before Keras imports torch, and inherited by the
+# programs the tests start: the thread count decides torch's convolution kernels and so
+# their float32 rounding, and the fault tests compare a program's weights bit for bit with
+# the test's own.
+if os.environ.get("KERAS_BACKEND") == "torch" and _cpus_per_worker():
+    os.environ.setdefault("OMP_NUM_THREADS", str(_cpus_per_worker()))
+
 import keras  # noqa: E402
 
 # The repository root, so tests can import applications/ and benchmarks/.

@@ -28,26 +28,6 @@ def digits_arrays():
     return np.repeat(x[..., None], 3, axis=-1).astype("float32"), digits.target.astype("int64")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread for torch while this file runs (restored afterwards).
-
-    These models are tiny, so threads buy nothing; measured on the shared 2-core CI machine,
-    torch's spinning worker threads made this file take 70-105 s instead of 12-20 s.
-    """
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def digits_model():
     """A tiny bijective i-RevNet trained briefly (3 epochs, 1200 digits) on the digits.

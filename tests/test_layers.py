@@ -621,11 +621,10 @@ def test_conv2d_kernel_stays_in_torch_convolution_layout(tmp_path, wide):
     assert not in_convolution_layout(keras_own.layers[0])  # the check can tell
 
     def assert_same_outputs():
-        # NCHW's summation order is not channels_last's: float32 rounding apart.
-        assert_equal = np.testing.assert_array_equal
-        if wide:
-            assert_equal = functools.partial(assert_relative_error_below, bound=1e-6)
-        assert_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
+        # Float32 rounding apart: torch picks the convolution's kernel, and with it the order
+        # of the sums, by memory layout and by thread count (one thread per test worker gave
+        # one-ulp differences on the narrow layer too, where two threads gave equal bits).
+        assert_relative_error_below(to_numpy(ours(x)), to_numpy(keras_own(x)), bound=1e-6)
 
     assert_same_outputs()
     target = np.sin(to_numpy(keras_own(x)))
