@@ -52,8 +52,9 @@ def _cpus_per_worker():
 # programs the tests start: the thread count decides torch's convolution kernels and so
 # their float32 rounding, and the fault tests compare a program's weights bit for bit with
 # the test's own.
-if os.environ.get("KERAS_BACKEND") == "torch" and _cpus_per_worker():
-    os.environ.setdefault("OMP_NUM_THREADS", str(_cpus_per_worker()))
+_threads = _cpus_per_worker()
+if os.environ.get("KERAS_BACKEND") == "torch" and _threads:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
 import keras  # noqa: E402
 
