@@ -104,6 +104,7 @@ class _ReversibleBlocks(torch.autograd.Function):
         return outputs
 
     @staticmethod
+    @torch.compiler.disable  # autograd calls it from inside the compiled step: see below
     def backward(ctx, *output_grads):
         if torch.is_grad_enabled():
             # Autograd enables grad mode in backward only for create_graph=True; the
@@ -124,6 +125,13 @@ class _ReversibleBlocks(torch.autograd.Function):
         return (None, *input_grads, *(weight_grads.get(id(v)) for v in chain.weights))
 
 
+# Under `torch.compile` (`jit_compile=True`) the chain runs eagerly, as one opaque call in the
+# compiled step. Dynamo cannot capture it (RNG state, `torch.autograd.grad` in backward, a
+# Python object through autograd); left to try, it compiled the walk's pieces frame by frame,
+# each Keras layer again per type, until its recompile limit: 270 s of cold compilation for
+# a two-block model where a plain five-layer Keras model takes 90 s, for no speed-up. Eager,
+# the chain takes keras_irevnet's own torch kernels, as outside `torch.compile`.
+@torch.compiler.disable
 def reversible_blocks(blocks, inputs, training):
     chain = _Chain(blocks, training)
     return _ReversibleBlocks.apply(chain, *inputs, *_walk.raw_values(chain.weights))
