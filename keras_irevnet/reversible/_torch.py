@@ -127,10 +127,11 @@ class _ReversibleBlocks(torch.autograd.Function):
 
 # Under `torch.compile` (`jit_compile=True`) the chain runs eagerly, as one opaque call in the
 # compiled step. Dynamo cannot capture it (RNG state, `torch.autograd.grad` in backward, a
-# Python object through autograd); left to try, it compiled the walk's pieces frame by frame,
-# each Keras layer again per type, until its recompile limit: 270 s of cold compilation for
-# a two-block model where a plain five-layer Keras model takes 90 s, for no speed-up. Eager,
-# the chain takes keras_irevnet's own torch kernels, as outside `torch.compile`.
+# Python object through autograd). Left to try, it compiled the walk's pieces frame by frame
+# (a two-block model's training step: 270 s of cold compilation instead of 106 s), and where
+# Inductor compiled a block's forward it drew the dropout masks from its own generator, which
+# the recompute's replay of torch's generator does not reproduce: wrong gradients. Eager, the
+# chain also takes keras_irevnet's own torch kernels, as outside `torch.compile`.
 @torch.compiler.disable
 def reversible_blocks(blocks, inputs, training):
     chain = _Chain(blocks, training)
