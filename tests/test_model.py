@@ -277,7 +277,11 @@ def test_fit_lowers_loss_and_model_still_inverts():
 def test_torch_compile_trains_as_eager_does_and_quietly():
     # `jit_compile=True` on torch is torch.compile, where the layers take Keras' own paths:
     # the same training to float32 rounding, and nothing of keras_irevnet's in the warnings.
+    # BatchNorm does not break the compiled graph (Keras' own layer does, at its reduction
+    # axes): its calls are traced inside their callers, never compiled as frames of their own.
     import warnings
+
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     rng = np.random.default_rng(0)
     x = preprocessed_photos(32, count=4)
@@ -300,6 +304,9 @@ def test_torch_compile_trains_as_eager_does_and_quietly():
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     for compiled, eager in zip(weights[True], weights[False]):
         np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
+    batch_norm = kir.layers.BatchNormalization
+    assert not _debug_get_cache_entry_list(batch_norm.call)
+    assert not _debug_get_cache_entry_list(batch_norm.relu_of_call)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch memory layouts")

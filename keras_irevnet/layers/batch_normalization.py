@@ -120,6 +120,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
         super().__init__(*args, **kwargs)
         self._torch_scale_shift_cache = torch_fast_path.UnchangedTensorCache()
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Keras keeps the reduction axes in a list, which a layer's attribute tracking wraps
+        # in a `TrackedList`; torch.compile cannot pass that to `torch.mean` and breaks the
+        # graph at every training-mode BatchNorm (Keras 3.15, torch 2.13). A tuple of ints is
+        # stored as it is.
+        self._reduction_axes = tuple(self._reduction_axes)
+
     def call(self, inputs, training=None, mask=None):
         fused = self._fused_kernel(inputs, training, mask)
         if fused is not None:
