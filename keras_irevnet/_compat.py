@@ -235,6 +235,17 @@ def jax_trainer_compiler_options(compiler_options):
         trainer.jit = original
 
 
+def untrack_batch_norm_axes(layer):
+    """Stores a built Keras `BatchNormalization`'s reduction axes as a tuple.
+
+    Keras keeps them in a list, which a layer's attribute tracking wraps in a `TrackedList`;
+    torch.compile cannot pass that to `torch.mean` and breaks the graph at every
+    training-mode call (Keras 3.15, torch 2.13). A tuple of ints is stored as it is, and
+    Keras only passes the axes on to its reductions. Keras offers no public setting for them.
+    """
+    layer._reduction_axes = tuple(layer._reduction_axes)
+
+
 def in_stateless_scope():
     """Whether a `keras.StatelessScope` is active (variable writes are then recorded in it,
     not made): Keras exposes the scope but not this test."""

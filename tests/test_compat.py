@@ -250,3 +250,13 @@ def test_autocast_scope_casts_variable_reads_as_a_mixed_layer_call_does():
         )
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
     assert keras.backend.standardize_dtype(probe.w.dtype) == "float32"
+
+
+def test_untrack_batch_norm_axes_leaves_a_tuple_keras_reduces_over():
+    layer = keras.layers.BatchNormalization()
+    layer.build((2, 4, 4, 3))
+    _compat.untrack_batch_norm_axes(layer)
+    assert layer._reduction_axes == (0, 1, 2)
+    x = np.random.RandomState(0).randn(2, 4, 4, 3).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)

@@ -122,11 +122,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def build(self, input_shape):
         super().build(input_shape)
-        # Keras keeps the reduction axes in a list, which a layer's attribute tracking wraps
-        # in a `TrackedList`; torch.compile cannot pass that to `torch.mean` and breaks the
-        # graph at every training-mode BatchNorm (Keras 3.15, torch 2.13). A tuple of ints is
-        # stored as it is.
-        self._reduction_axes = tuple(self._reduction_axes)
+        _compat.untrack_batch_norm_axes(self)  # or torch.compile breaks the graph here
 
     def call(self, inputs, training=None, mask=None):
         fused = self._fused_kernel(inputs, training, mask)
