@@ -74,6 +74,15 @@ def tiny_model(seed=0, **overrides):
     return kir.IRevNet(**{**TINY, **overrides})
 
 
+def compiled_by_dynamo(*functions):
+    """The qualified names of those of `functions` that torch.compile's Dynamo compiled a
+    frame of in this process (rather than tracing them inside their callers, or leaving them
+    eager)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return [f.__qualname__ for f in functions if _debug_get_cache_entry_list(f)]
+
+
 def narrow_stack(blocks, seed=0, **overrides):
     """One stage of `blocks` stride-1 blocks, 16 channels, on 16x16 images, without a head
     unless `overrides` asks for one: what the tests that vary depth build."""

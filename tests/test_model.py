@@ -281,7 +281,7 @@ def test_torch_compile_trains_as_eager_does_and_quietly():
     # axes): its calls are traced inside their callers, never compiled as frames of their own.
     import warnings
 
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from tests.helpers import compiled_by_dynamo
 
     rng = np.random.default_rng(0)
     x = preprocessed_photos(32, count=4)
@@ -305,8 +305,7 @@ def test_torch_compile_trains_as_eager_does_and_quietly():
     for compiled, eager in zip(weights[True], weights[False]):
         np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
     batch_norm = kir.layers.BatchNormalization
-    assert not _debug_get_cache_entry_list(batch_norm.call)
-    assert not _debug_get_cache_entry_list(batch_norm.relu_of_call)
+    assert compiled_by_dynamo(batch_norm.call, batch_norm.relu_of_call) == []
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch memory layouts")
