@@ -304,25 +304,14 @@ def test_two_workers_train_as_one_process_does_and_survive_a_killed_worker(tmp_p
         log,
     )
 
-    # Two workers; the second is given its own --model_dir to show it writes nothing.
-    chief_dir, other_dir = str(tmp_path / "workers"), str(tmp_path / "worker1_dir")
-    processes, logs = _start_workers(
-        [FLAGS + [f"--model_dir={chief_dir}"], FLAGS + [f"--model_dir={other_dir}"]],
-        tmp_path,
-        "whole",
-    )
-    outs = [_finish(process, log) for process, log in zip(processes, logs)]
-    assert all("strategy multi_worker over 2 replica(s)" in out for out in outs)
-    assert not os.path.exists(other_dir) or not os.listdir(other_dir)
-    # Per-replica batches, per-replica BatchNorm statistics, gradients summed over the two
-    # replicas: the same arithmetic as the one-process run, so the same weights bit for bit.
-    _assert_same_weights(chief_dir, mirrored)
-
-    # Kill worker 1 inside epoch 2, after the checkpoint of step 6; worker 0 then fails (or is
-    # stopped) as a cluster manager would see it; restart both with the same command.
-    model_dir = str(tmp_path / "killed")
+    # Two workers, killed inside epoch 2: worker 1 after the checkpoint of step 6, worker 0
+    # then fails (or is stopped) as a cluster manager would see it. Worker 1 is given its own
+    # --model_dir, empty as the shared one is at a fresh start, to show that it writes nothing.
+    model_dir, other_dir = str(tmp_path / "workers"), str(tmp_path / "worker1_dir")
     flags = FLAGS + [f"--model_dir={model_dir}", "--checkpoint_every=2"]
-    processes, logs = _start_workers([flags, flags], tmp_path, "killed")
+    processes, logs = _start_workers(
+        [flags, FLAGS + [f"--model_dir={other_dir}", "--checkpoint_every=2"]], tmp_path, "killed"
+    )
     try:
         _wait_for_checkpoint(model_dir, 6, processes)
         processes[1].send_signal(signal.SIGKILL)
@@ -335,13 +324,20 @@ def test_two_workers_train_as_one_process_does_and_survive_a_killed_worker(tmp_p
             if p.poll() is None:
                 p.kill()
             p.wait()
+    assert not os.path.exists(other_dir) or not os.listdir(other_dir)
     killed_at = checkpoints.latest_step(model_dir)
     assert 6 <= killed_at <= 8
+
+    # Both restarted with the same command, on the shared --model_dir.
     processes, logs = _start_workers([flags, flags], tmp_path, "resumed")
     outs = [_finish(process, log) for process, log in zip(processes, logs)]
+    assert all("strategy multi_worker over 2 replica(s)" in out for out in outs)
     assert all(f"(global step {killed_at})" in out for out in outs)
     with open(os.path.join(model_dir, "metrics.json")) as f:
         assert json.load(f)["resumed_after_step"] == killed_at
+    # Per-replica batches, per-replica BatchNorm statistics, gradients summed over the two
+    # replicas: the same arithmetic as the one-process run, so, killed and resumed, the same
+    # weights bit for bit.
     _assert_same_weights(model_dir, mirrored)
 
 
