@@ -260,3 +260,26 @@ def test_untrack_batch_norm_axes_leaves_a_tuple_keras_reduces_over():
     x = np.random.RandomState(0).randn(2, 4, 4, 3).astype("float32")
     y = keras.ops.convert_to_numpy(layer(x, training=True))
     np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+
+
+def test_pad_with_zeros_is_ops_pad_without_an_operation_per_call():
+    x = keras.ops.convert_to_tensor(np.random.RandomState(0).randn(2, 3, 4, 5).astype("float32"))
+    widths = [[0, 0], [1, 2], [0, 1], [0, 3]]
+    padded = _compat.pad_with_zeros(x, widths)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(padded), keras.ops.convert_to_numpy(keras.ops.pad(x, widths))
+    )
+    # Each `ops.pad` call builds an operation, whose automatic name counts up in a dict of
+    # Keras' global state; the direct call builds none and changes nothing.
+    from keras.src.backend.common import global_state
+
+    def pads_named():
+        return global_state.get_global_attribute("object_name_uids", {}).get("pad", 0)
+
+    before = pads_named()
+    keras.ops.pad(x, widths)
+    assert pads_named() == before + 1
+    _compat.pad_with_zeros(x, widths)
+    assert pads_named() == before + 1
+    symbolic = _compat.pad_with_zeros(keras.Input((3, 4, 5), batch_size=2), widths)
+    assert keras.backend.is_keras_tensor(symbolic) and tuple(symbolic.shape) == (2, 6, 5, 8)

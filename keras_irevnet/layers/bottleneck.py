@@ -1,8 +1,8 @@
 """The residual function F of an i-RevNet block (not invertible itself, and need not be)."""
 
 import keras
-from keras import ops
 
+from keras_irevnet import _compat
 from keras_irevnet.layers import direct_call
 from keras_irevnet.layers.batch_normalization import BatchNormalization
 from keras_irevnet.layers.convolution import Conv2D
@@ -72,7 +72,7 @@ class Bottleneck(direct_call.DirectlyCallable, keras.layers.Layer):
     def _padded(self, x):
         if self.strides == 1:
             return x
-        return ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        return _compat.pad_with_zeros(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
 
     def _padded_shape(self, shape):
         if self.strides == 1:

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_irevnet import _compat
 from keras_irevnet.layers import torch_fast_path
 
 
@@ -162,7 +163,9 @@ def _shifted_products_convolution(inputs, kernel):
     height, width = inputs.shape[1], inputs.shape[2]
     if height is None or width is None:
         height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
-    padded = ops.pad(inputs, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
+    padded = _compat.pad_with_zeros(
+        inputs, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]]
+    )
     shifted = [padded[:, i : i + height, j : j + width, :] for i in range(kh) for j in range(kw)]
     matrix = ops.reshape(kernel, (kh * kw * channels_in, channels_out))
     return ops.tensordot(ops.concatenate(shifted, axis=-1), matrix, axes=1)

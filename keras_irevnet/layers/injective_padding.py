@@ -1,8 +1,8 @@
 """Injective channel padding: zeros appended at the end of the channel axis."""
 
 import keras
-from keras import ops
 
+from keras_irevnet import _compat
 from keras_irevnet.layers.invertible import InvertibleLayer
 
 
@@ -29,7 +29,7 @@ class InjectivePadding(InvertibleLayer):
         if not self.padding:
             return inputs
         rank = len(inputs.shape)
-        return ops.pad(inputs, [[0, 0]] * (rank - 1) + [[0, self.padding]])
+        return _compat.pad_with_zeros(inputs, [[0, 0]] * (rank - 1) + [[0, self.padding]])
 
     def inverse(self, outputs):
         """Drops the padded channels (left-inverse: exact on the image of `call`)."""
