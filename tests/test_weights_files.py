@@ -340,7 +340,7 @@ _FAILED_SAVE = textwrap.dedent(
 )
 
 
-@once_in("torch", "atomic saving does not depend on the backend")
+@once_in("jax", "atomic saving does not depend on the backend")
 @pytest.mark.parametrize("name", ["model.weights.h5", "model.keras"])
 def test_failed_save_keeps_the_previous_file(tmp_path, name):
     path = tmp_path / name
@@ -382,7 +382,7 @@ def test_load_irevnet_names_the_file_for_every_bad_model_file(tmp_path):
         assert "\n" not in str(error.value)
 
 
-@once_in("torch", "the program reads the file the same way on every backend")
+@once_in("jax", "the program reads the file the same way on every backend")
 @pytest.mark.slow
 def test_programs_report_a_damaged_model_file_in_one_line(tmp_path):
     damaged = tmp_path / "model.keras"
