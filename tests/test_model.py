@@ -279,8 +279,8 @@ def test_torch_compile_trains_as_eager_does_and_quietly():
     # the same training to float32 rounding, and nothing of keras_irevnet's in the warnings.
     # Nothing in the model's forward pass breaks the compiled graph: every layer call is traced
     # inside the step, none compiled as a frame of its own. (Keras' BatchNorm broke it at its
-    # reduction axes, and `keras.ops.pad` at the name of the operation it builds: after that,
-    # Keras' every layer call; the step took twice as long to compile.)
+    # reduction axes; `keras.ops.pad`, by naming the operation it builds on every call, broke
+    # it at every Keras layer call after the first pad: the step took twice as long to compile.)
     import warnings
 
     from tests.helpers import compiled_by_dynamo
