@@ -9,6 +9,7 @@ the backend's), so the three suites share the cost.
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -269,6 +270,17 @@ def _tf_config(ports, index):
     )
 
 
+def _file_states(directory):
+    """Each file under `directory` with its size and modification time."""
+    states = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            info = os.stat(path)
+            states[os.path.relpath(path, directory)] = (info.st_size, info.st_mtime_ns)
+    return states
+
+
 def _start_workers(flags_per_worker, tmp_path, tag):
     ports = _free_ports(2)
     logs = [str(tmp_path / f"{tag}_worker{i}.txt") for i in range(2)]
@@ -328,9 +340,16 @@ def test_two_workers_train_as_one_process_does_and_survive_a_killed_worker(tmp_p
     killed_at = checkpoints.latest_step(model_dir)
     assert 6 <= killed_at <= 8
 
-    # Both restarted with the same command, on the shared --model_dir.
-    processes, logs = _start_workers([flags, flags], tmp_path, "resumed")
+    # Both restarted with the same command, on the shared --model_dir; worker 1 on its own
+    # copy of it, which it resumes from and must leave as it is, to the end of the run.
+    copy = str(tmp_path / "worker1_copy")
+    shutil.copytree(model_dir, copy)
+    copied = _file_states(copy)
+    processes, logs = _start_workers(
+        [flags, FLAGS + [f"--model_dir={copy}", "--checkpoint_every=2"]], tmp_path, "resumed"
+    )
     outs = [_finish(process, log) for process, log in zip(processes, logs)]
+    assert _file_states(copy) == copied
     assert all("strategy multi_worker over 2 replica(s)" in out for out in outs)
     assert all(f"(global step {killed_at})" in out for out in outs)
     with open(os.path.join(model_dir, "metrics.json")) as f:
