@@ -43,6 +43,16 @@ only_saved_model_backends = pytest.mark.skipif(
     "(test_export_app_from_keras_file, test_export_saved_model_on_torch_says_what_to_do).",
 )
 
+# From JAX and torch, `applications/export.py` hands the export to a TensorFlow child process
+# through the same code: the tests of that hand-over run in the TensorFlow suite (no child)
+# and the JAX one (the child). A .keras file saved on torch goes through it in
+# test_export_app_from_keras_file.
+not_again_on_torch = pytest.mark.skipif(
+    BACKEND == "torch",
+    reason="the hand-over to the TensorFlow process is the same from JAX and torch: tested "
+    "in the JAX suite",
+)
+
 _SAVED_MODEL_CHILD = """
 import json
 import numpy as np
@@ -289,6 +299,7 @@ def _assert_written_here_not_in_repository(cwd, names):
         assert not os.path.exists(os.path.join(REPO_ROOT, name)), f"{name} written in the repo"
 
 
+@not_again_on_torch
 @pytest.mark.slow
 def test_export_app_relative_paths_mean_the_callers_directory(small, tmp_path, monkeypatch):
     """run() with relative paths, as applications/train.py calls it: on JAX and torch the
@@ -314,7 +325,8 @@ def test_export_app_relative_paths_mean_the_callers_directory(small, tmp_path, m
 @once_in(
     "tensorflow",
     "the program exports in a TensorFlow process whatever the backend; run() with relative "
-    "paths, which hands over to that process from JAX and torch, is tested on every backend",
+    "paths, which hands over to that process from JAX and torch, is tested in the TensorFlow "
+    "and JAX suites",
 )
 @pytest.mark.slow
 def test_export_program_relative_paths_mean_the_callers_directory(small, tmp_path):
@@ -463,6 +475,7 @@ def test_export_app_rejects_bad_arguments_before_any_work(tmp_path, arguments, m
     assert _leftovers(tmp_path) == before
 
 
+@not_again_on_torch
 @pytest.mark.slow
 def test_export_app_rejects_a_checkpoint_of_another_model(small, tmp_path, capfd):
     from applications import export as export_app

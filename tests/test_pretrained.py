@@ -170,12 +170,12 @@ def test_first_use_converts_and_caches_later_uses_need_neither_network_nor_torch
     assert pretrained.CONVERTED_FILES[False] in os.listdir(home / pretrained.CACHE_SUBDIR)
 
 
-@once_in("tensorflow", "the message is the same on every backend")
+@once_in("jax", "the message is the same on every backend")
 def test_converting_without_torch_says_what_to_install(tmp_path):
     home = tmp_path / "keras_home"
     (home / pretrained.CACHE_SUBDIR).mkdir(parents=True)
     (home / pretrained.CACHE_SUBDIR / pretrained.CHECKPOINT_FILE).write_bytes(b"PK\x03\x04")
-    env = dict(os.environ, KERAS_HOME=str(home), PYTHONPATH=REPO, KERAS_BACKEND="tensorflow")
+    env = dict(os.environ, KERAS_HOME=str(home), PYTHONPATH=REPO, KERAS_BACKEND="jax")
     code = """
     import keras_irevnet as kir
     try:
