@@ -11,9 +11,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# CPU builds: torch 2.13.0 is the CPU wheel on this machine's disk; see the README for GPUs.
-	# --no-compile: pip would byte-compile every module of TensorFlow, torch and JAX (a third
-	# of the install's time, 86 against 53 s); Python compiles the ones it imports, once, on first use.
-	$(PY) -m pip install --no-compile "torch==2.13.0" -e ".[jax,torch,analysis,test]"
+	$(PY) -m pip install "torch==2.13.0" -e ".[jax,torch,analysis,test]"
 	touch $@
 
 setup: $(VENV)/.installed
