@@ -69,6 +69,78 @@ def tensorflow_step_bytes(step, device="CPU:0"):
     }
 
 
+def tensorflow_traced_step_bytes(step, device="CPU:0"):
+    """`tensorflow_step_bytes`, with the peak counted in the bytes the tensors asked for.
+
+    The allocator's statistics count the chunks it hands out, and TensorFlow's BFC allocator
+    (the one `keep_tensorflow_cpu_statistics` chooses, and oneDNN's for large buffers)
+    hands a request a whole free chunk of up to twice its size rather than split it: a
+    buffer that outlives the others, such as a weight gradient kept to the end of the
+    backward pass, then counts for up to twice its bytes. TensorFlow's profiler records
+    every allocation with the size requested; the peak of their running sum is what the
+    step's tensors hold, as torch's profiler (`torch_step_bytes`) and XLA's memory
+    analysis count it on the other backends. Returns "peak_tensor_bytes" from the trace,
+    "allocator_peak_bytes" (the statistics' peak) and "left_allocated_bytes".
+    """
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+
+    from keras_irevnet import _compat
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            measured = tensorflow_step_bytes(step, device)
+        finally:
+            tf.profiler.experimental.stop()
+        space = _compat.tensorflow_xspace()()
+        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+            with open(path, "rb") as f:
+                space.MergeFromString(f.read())
+    changes = sorted(_tensorflow_allocation_events(space))
+    if not changes:
+        raise RuntimeError(
+            "TensorFlow's profiler recorded no allocations: the allocator of this process "
+            "does not trace them (see keep_tensorflow_cpu_statistics)."
+        )
+    live, current, peak = {}, 0, 0
+    for _, allocated, address, requested in changes:
+        if allocated:
+            live[address] = requested
+            current += requested
+            peak = max(peak, current)
+        elif address in live:  # a buffer from before the trace was not counted in
+            current -= live.pop(address)
+    return {
+        "peak_tensor_bytes": peak,
+        "allocator_peak_bytes": measured["peak_tensor_bytes"],
+        "left_allocated_bytes": measured["left_allocated_bytes"],
+    }
+
+
+def _tensorflow_allocation_events(space):
+    """(time in ps, allocated?, address, requested bytes) of each allocator event."""
+    kinds = {"MemoryAllocation": True, "MemoryDeallocation": False}
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                kind = kinds.get(plane.event_metadata[event.metadata_id].name)
+                if kind is None:
+                    continue
+                stats = {}
+                for stat in event.stats:
+                    field = stat.WhichOneof("value")
+                    stats[plane.stat_metadata[stat.metadata_id].name] = getattr(stat, field)
+                yield (
+                    line.timestamp_ns * 1000 + event.offset_ps,
+                    kind,
+                    stats["addr"],
+                    int(stats.get("requested_bytes", 0)),
+                )
+
+
 def tensorflow_loss_gradient(model, loss_fn):
     """`(x, y) -> gradients of loss_fn(y, model(x)) w.r.t. the trainable weights`, a
     `tf.function` computing them as Keras' train step does, without the optimizer's update."""

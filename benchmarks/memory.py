@@ -17,19 +17,24 @@ The model is the CIFAR i-RevNet's width (channels 16, 64, 256; strides 1, 2, 2; 
   alive, minus the bytes the step leaves allocated (its weight gradients, which plain and
   reversible backprop both keep for the optimizer, and which grow with depth because the
   weights do). Both parts are recorded.
-- TensorFlow: exact as well. Its allocator's statistics on the CPU
-  (`tf.config.experimental.get_memory_info`) around a call of the loss gradient
+- TensorFlow: exact as well. Every allocation and release of one call of the loss gradient
   (`tf.function`, GradientTape, the gradients w.r.t. the trainable weights returned, as in
-  Keras' train step but without the optimizer's update, as on JAX), after warm-up calls
-  with batches of 2, 3 and `batch_size` (TensorFlow traces once more for a second batch
-  size, then the graph is batch-generic): the peak of the bytes allocated during the call
-  above those allocated before it, minus the bytes of the weight gradients, which both
+  Keras' train step but without the optimizer's update, as on JAX), from TensorFlow's
+  profiler, after warm-up calls with batches of 2, 3 and `batch_size` (TensorFlow traces
+  once more for a second batch size, then the graph is batch-generic): the peak of the
+  bytes the call's tensors requested, minus the bytes of the weight gradients, which both
   modes hold at the end and which grow with depth because the weights do (torch's figure
-  leaves them out too; on JAX they are outputs, not temporaries). Both parts are recorded.
+  leaves them out too; on JAX they are outputs, not temporaries). Both parts are recorded,
+  and the allocator's own peak (`tf.config.experimental.get_memory_info`) beside them: it
+  counts the chunks it handed out, and TensorFlow's BFC allocator gives a request a free
+  chunk of up to twice its size rather than split it, so the weight gradients kept to the
+  end of the walk counted 1.45x their bytes there (at 54 blocks, batch 64: 34.6 MiB of
+  chunks for 23.8 MiB of gradients), which grows with depth in either mode.
   TensorFlow runs independent operations in no fixed order, so the peak varies from call
   to call: the figure is the median of `--tensorflow_calls` calls, their range recorded.
-  (Until this version the figure was the growth of the process's peak resident set size
-  over a `train_on_batch`, which varied by +-10 MB between runs.)
+  (Earlier versions took the allocator's peak as the figure, and before that the growth of
+  the process's peak resident set size over a `train_on_batch`, which varied by +-10 MB
+  between runs.)
 
 Time per step: the median of `--timed_steps` further steps after the measured one:
 `train_on_batch` on TensorFlow and torch (forward, backward, SGD update); on JAX the
@@ -51,7 +56,7 @@ from benchmarks import memory_report
 from benchmarks.allocations import (
     keep_tensorflow_cpu_statistics,
     tensorflow_loss_gradient,
-    tensorflow_step_bytes,
+    tensorflow_traced_step_bytes,
     torch_step_bytes,
     weight_gradient_bytes,
 )
@@ -187,19 +192,21 @@ def measure(backend, depth, mode):
         # varies by several MiB (51-62 MiB over six calls of the 54-block memory-efficient
         # step, batch 64): the median of several calls, with their range.
         calls = [
-            tensorflow_step_bytes(lambda: gradient(x, y)) for _ in range(FLAGS.tensorflow_calls)
+            tensorflow_traced_step_bytes(lambda: gradient(x, y))
+            for _ in range(FLAGS.tensorflow_calls)
         ]
-        peaks = [call["peak_tensor_bytes"] for call in calls]
         record.update(calls[-1])
-        record["peak_tensor_bytes"] = int(statistics.median(peaks))
-        record["peak_tensor_bytes_range"] = [min(peaks), max(peaks)]
+        for key in ("peak_tensor_bytes", "allocator_peak_bytes"):
+            peaks = [call[key] for call in calls]
+            record[key] = int(statistics.median(peaks))
+            record[key + "_range"] = [min(peaks), max(peaks)]
         record["weight_gradient_bytes"] = weight_gradient_bytes(model)
         # 0: TensorFlow's choice.
         record["inter_op_threads"] = FLAGS.tensorflow_inter_op_threads
         record["activation_bytes"] = record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         record["method"] = (
-            "TensorFlow's allocator statistics: peak of the bytes allocated during the loss "
-            "gradient above those before it (median of "
+            "TensorFlow's profiler: peak of the bytes requested by the tensors allocated "
+            "during the loss gradient (median of "
             f"{FLAGS.tensorflow_calls} calls), minus the bytes of the weight gradients"
         )
         if FLAGS.tensorflow_inter_op_threads:

@@ -40,7 +40,21 @@ def markdown(records, backends):
             )
     methods = {r["backend"]: r.get("method") for r in records if r.get("method")}
     measured = [""] + [f"- {b}: {methods[b]}." for b in backends if b in methods]
-    return "\n".join(lines + [""] + target_lines(by_key, backends) + measured) + "\n"
+    text = lines + [""] + target_lines(by_key, backends) + measured + allocator_lines(records)
+    return "\n".join(text) + "\n"
+
+
+def allocator_lines(records):
+    """Lines with the allocator's own figure where it differs in kind from the tensors' bytes
+    (TensorFlow: the chunks its allocator handed out; see `benchmarks.memory`)."""
+    lines = [
+        f"- {r['backend']}, {r['mode']}, {r['depth']} blocks: the allocator's chunks at its "
+        f"peak, less the weight gradients: "
+        f"{(r['allocator_peak_bytes'] - r['weight_gradient_bytes']) / MIB:.1f} MiB."
+        for r in records
+        if "allocator_peak_bytes" in r
+    ]
+    return [""] + lines if lines else []
 
 
 # Reversible backprop's memory targets: at the deepest depth measured, at most this fraction

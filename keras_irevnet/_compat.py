@@ -106,6 +106,20 @@ def tensorflow_has_cpu_kernel(op_type, label):
     return any(k.device_type == "CPU" and k.label == label for k in registered)
 
 
+def tensorflow_xspace():
+    """The protocol-buffer class of the trace files TensorFlow's profiler writes (XSpace).
+
+    `benchmarks.allocations` reads the allocator's events (each tensor's requested bytes)
+    from a profile; TensorFlow exposes the profiler's start and stop but not the format of
+    what it writes, whose class lives in its bundled profiler library.
+    """
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError:  # TensorFlow builds that ship the profiler library on its own
+        from tsl.profiler.protobuf import xplane_pb2
+    return xplane_pb2.XSpace
+
+
 def tensorflow_op(op_type, **inputs_and_attributes):
     """The outputs of a new `op_type` node in the graph being built.
 

@@ -470,6 +470,31 @@ def test_op_profile_counts_the_steps_host_waits():
     assert profiles[2].device == {} and profiles[2].kernels == {} and profiles[2].device_total == 0
 
 
+def test_tensorflow_traced_step_bytes_count_what_the_tensors_requested():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's profiler and allocator")
+    import tensorflow as tf
+
+    from benchmarks.allocations import tensorflow_traced_step_bytes
+
+    x, z = tf.ones((1000, 500)), tf.ones((1000, 301))
+
+    @tf.function
+    def step(x, z):
+        total = tf.reduce_sum(tf.sin(x))  # a 2,000,000-byte temporary, released at once
+        shifted = z + total  # 1,204,000 bytes (not a multiple of the allocator's 256)
+        return shifted, tf.cos(shifted)  # both returned: neither buffer is reused
+
+    step(x, z)
+    measured = tensorflow_traced_step_bytes(lambda: step(x, z))
+    # At the peak the two results (2,408,000 bytes) and a scalar or two; the temporary is
+    # gone. The allocator counts its chunks: rounded up, and possibly the temporary's.
+    assert 2_408_000 <= measured["peak_tensor_bytes"] <= 2_408_000 + 64, measured
+    assert measured["allocator_peak_bytes"] >= measured["peak_tensor_bytes"], measured
+
+
 @once_in("tensorflow", "runs the memory benchmark's own TensorFlow processes")
 def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
     import subprocess
@@ -491,6 +516,10 @@ def test_memory_benchmark_takes_the_median_of_tensorflow_calls(tmp_path):
         assert record["activation_bytes"] == (
             record["peak_tensor_bytes"] - record["weight_gradient_bytes"]
         )
+        # Each call's tensors' own bytes are at most the allocator's chunks, so the medians too.
+        assert record["peak_tensor_bytes"] <= record["allocator_peak_bytes"]
+        low, high = record["allocator_peak_bytes_range"]
+        assert low <= record["allocator_peak_bytes"] <= high
         assert "median of 3 calls" in record["method"]
         assert record["inter_op_threads"] == 1 and "1 inter-op thread" in record["method"]
     assert "median of 3 calls" in (tmp_path / "memory.md").read_text()

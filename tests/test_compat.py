@@ -127,6 +127,28 @@ def test_tensorflow_internal_ops_their_kernels_and_gradients():
     assert ops.gradient_registry.lookup("Conv2D") is not ops.gradient_registry.lookup("Relu")
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's profiler")
+def test_tensorflow_xspace_reads_the_profilers_trace(tmp_path):
+    import glob
+
+    import tensorflow as tf
+
+    tf.profiler.experimental.start(str(tmp_path))
+    tf.sin(tf.ones((3, 3)))
+    tf.profiler.experimental.stop()
+    (path,) = glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)
+    space = _compat.tensorflow_xspace()()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    events = [
+        plane.event_metadata[event.metadata_id].name
+        for plane in space.planes
+        for line in plane.lines
+        for event in line.events
+    ]
+    assert any("Sin" in name for name in events), sorted(set(events))[:20]
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's version counter")
 def test_torch_version_counter_grows_with_in_place_writes():
     import torch
