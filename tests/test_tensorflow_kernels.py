@@ -149,6 +149,25 @@ def test_gradients_equal_keras_convolution_gradients(kernels, strides, padding):
     assert all(label == "" for _, label in _labels(_first_order_function(theirs), x))
 
 
+def test_wide_kernels_matrix_product_has_the_convolutions_gradients(kernels):
+    # A kernel wide against the image (the ImageNet models' 7x7 stage) is computed as one
+    # matrix product of shifted views, and its input gradient by the convolution gradient
+    # kernel chosen, its kernel gradient as a product with the views.
+    import tensorflow as tf
+
+    x = tf.constant(_photo_channels(4, 4, 64))
+    ours, theirs = _pair(x, 1, "same", filters=64)
+    assert ours._shifted_products
+    target = tf.reshape(tf.cos(tf.range(4 * 4 * 4 * 64, dtype="float32")), (4, 4, 4, 64))
+    for mine, reference in zip(
+        _gradient_function(ours, target)(x), _gradient_function(theirs, target)(x)
+    ):
+        assert np.abs(to_numpy(reference)).max() > 1e-2
+        assert relative_error(mine, reference) < 5e-6, relative_error(mine, reference)
+    input_gradient = [op for op in _CONVOLUTION_OPS[kernels] if "BackpropInput" in op[0]]
+    assert _labels(_first_order_function(ours), x) == input_gradient
+
+
 def test_float64_convolutions_take_eigen_gradients(monkeypatch):
     # oneDNN's kernels are float32 only: a float64 layer gets Eigen's gradients.
     import tensorflow as tf

@@ -46,6 +46,7 @@ class Conv2D(keras.layers.Conv2D):
     _torch_nchw = False
     _torch_padding = None  # the fast path's padding where torch takes it
     _shifted_products = False
+    _tensorflow_shifted_gradients = False
     _jax_narrowing = False
     _tensorflow_cpu_kernels = False
 
@@ -69,6 +70,9 @@ class Conv2D(keras.layers.Conv2D):
             and input_shape[-1] > self.filters
             and jax_cpu
         )
+        self._tensorflow_shifted_gradients = (
+            self._shifted_products and keras.backend.backend() == "tensorflow"
+        )
         self._tensorflow_cpu_kernels = (
             keras.backend.backend() == "tensorflow"
             and not self._shifted_products
@@ -87,6 +91,11 @@ class Conv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         if self._shifted_products:
+            if self._tensorflow_shifted_gradients:
+                from keras_irevnet.layers import tensorflow_kernels
+
+                if tensorflow_kernels.applies():
+                    return tensorflow_kernels.shifted_products(inputs, kernel, shifted_views)
             return _shifted_products_convolution(inputs, kernel)
         if self._jax_narrowing:
             from keras_irevnet.layers import jax_convolution
@@ -158,8 +167,17 @@ def _shifted_products_convolution(inputs, kernel):
     16.2 -> 12.9, 384 -> 384 5.6 -> 4.1; at 14x14 the convolution is faster, 3.3 against
     4.9). JAX on CPU: forward as fast as XLA's convolution, forward and backward faster
     with YNNPACK's matrix products (`xla_cpu_options`)."""
-    ops = keras.ops
     kh, kw, channels_in, channels_out = kernel.shape
+    matrix = keras.ops.reshape(kernel, (kh * kw * channels_in, channels_out))
+    return keras.ops.tensordot(shifted_views(inputs, (kh, kw)), matrix, axes=1)
+
+
+def shifted_views(inputs, kernel_size):
+    """The kh * kw views of `inputs` zero-padded for a stride-1 "same" convolution, each
+    shifted by one kernel position, side by side on the channel axis (in the order of the
+    kernel's (kh, kw, in) elements)."""
+    ops = keras.ops
+    kh, kw = kernel_size[0], kernel_size[1]
     height, width = inputs.shape[1], inputs.shape[2]
     if height is None or width is None:
         height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
@@ -167,8 +185,7 @@ def _shifted_products_convolution(inputs, kernel):
         inputs, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]]
     )
     shifted = [padded[:, i : i + height, j : j + width, :] for i in range(kh) for j in range(kw)]
-    matrix = ops.reshape(kernel, (kh * kw * channels_in, channels_out))
-    return ops.tensordot(ops.concatenate(shifted, axis=-1), matrix, axes=1)
+    return ops.concatenate(shifted, axis=-1)
 
 
 def _wide_kernel(spatial, channels_in, channels_out, kernel_size):
