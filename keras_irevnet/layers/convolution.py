@@ -30,7 +30,8 @@ class Conv2D(keras.layers.Conv2D):
     for the weight gradient; there the layer copies its input to NCHW and its output back,
     and lays the kernel out as torch's contiguous (out, in, kh, kw). On TensorFlow and on
     JAX on CPU the same layers, where stride 1 and "same", compute the convolution as one
-    matrix product (`_shifted_products_convolution`). On JAX on CPU, a stride-1 "same"
+    matrix product (`_shifted_products_convolution`; on TensorFlow without oneDNN with its
+    gradients written out, `tensorflow_kernels.shifted_products`). On JAX on CPU, a stride-1 "same"
     convolution to fewer channels than it reads (kernel not wide) has its kernel gradient
     computed in the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`). On
     TensorFlow without oneDNN, the others are trained with oneDNN's kernels (float32) or
