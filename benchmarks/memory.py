@@ -28,8 +28,9 @@ The model is the CIFAR i-RevNet's width (channels 16, 64, 256; strides 1, 2, 2; 
   and the allocator's own peak (`tf.config.experimental.get_memory_info`) beside them: it
   counts the chunks it handed out, and TensorFlow's BFC allocator gives a request a free
   chunk of up to twice its size rather than split it, so the weight gradients kept to the
-  end of the walk counted 1.45x their bytes there (at 54 blocks, batch 64: 34.6 MiB of
-  chunks for 23.8 MiB of gradients), which grows with depth in either mode.
+  end of the backward pass counted 1.45x their bytes in its figure (54 blocks, batch 64,
+  AMD EPYC without oneDNN: 34.6 MiB of chunks for 23.8 MiB of gradients), an excess that
+  grows with depth in either mode.
   TensorFlow runs independent operations in no fixed order, so the peak varies from call
   to call: the figure is the median of `--tensorflow_calls` calls, their range recorded.
   (Earlier versions took the allocator's peak as the figure, and before that the growth of

@@ -31,12 +31,12 @@ class Conv2D(keras.layers.Conv2D):
     and lays the kernel out as torch's contiguous (out, in, kh, kw). On TensorFlow and on
     JAX on CPU the same layers, where stride 1 and "same", compute the convolution as one
     matrix product (`_shifted_products_convolution`; on TensorFlow without oneDNN with its
-    gradients written out, `tensorflow_kernels.shifted_products`). On JAX on CPU, a stride-1 "same"
-    convolution to fewer channels than it reads (kernel not wide) has its kernel gradient
-    computed in the form XLA runs fastest (`keras_irevnet.layers.jax_convolution`). On
-    TensorFlow without oneDNN, the others are trained with oneDNN's kernels (float32) or
-    Eigen's gradient kernels, not TensorFlow's default ones
-    (`keras_irevnet.layers.tensorflow_kernels`).
+    gradients written out, `tensorflow_kernels.shifted_products`). On JAX on CPU, a
+    stride-1 "same" convolution to fewer channels than it reads (kernel not wide) has its
+    kernel gradient computed in the form XLA runs fastest
+    (`keras_irevnet.layers.jax_convolution`). On TensorFlow without oneDNN, the others are
+    trained with oneDNN's kernels (float32) or Eigen's gradient kernels, not TensorFlow's
+    default ones (`keras_irevnet.layers.tensorflow_kernels`).
 
     Everything else, and `torch.compile`, is Keras' own `Conv2D`. Weights are those of
     Keras' layer, and results too: bit for bit on the channels_last path, to float32
