@@ -168,6 +168,37 @@ def test_wide_kernels_matrix_product_has_the_convolutions_gradients(kernels):
     assert _labels(_first_order_function(ours), x) == input_gradient
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_wide_kernels_matrix_product_under_mixed_precision(kernels, policy):
+    # 16-bit inputs take Eigen's input gradient (oneDNN's kernels here are float32 only).
+    import tensorflow as tf
+
+    x = tf.constant(_photo_channels(4, 4, 64))
+    ours = Conv2D(64, 3, padding="same", dtype=policy)
+    theirs = keras.layers.Conv2D(64, 3, padding="same", dtype=policy)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    assert ours._shifted_products
+
+    def gradients(layer):
+        @tf.function
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.square(tf.cast(layer(x), "float32")))
+            return tape.gradient(loss, [x, layer.kernel])
+
+        return run
+
+    # 16-bit sums in two orders: float16 keeps 11 bits, bfloat16 8.
+    bound = 1e-2 if policy == "mixed_float16" else 5e-2
+    for mine, reference in zip(gradients(ours)(x), gradients(theirs)(x)):
+        assert np.abs(to_numpy(reference)).max() > 1e-2
+        assert relative_error(mine, reference) < bound, relative_error(mine, reference)
+    assert _labels(gradients(ours), x) == [("Conv2DBackpropInput", "eigen_tensor")]
+
+
 def test_float64_convolutions_take_eigen_gradients(monkeypatch):
     # oneDNN's kernels are float32 only: a float64 layer gets Eigen's gradients.
     import tensorflow as tf
