@@ -110,18 +110,10 @@ def convolution(inputs, kernel, strides, padding, forward):
     """`forward(inputs, kernel)` (a 2D NHWC convolution, undilated, ungrouped, with these
     `strides` and "same"/"valid" `padding`) computed, and differentiated, by oneDNN's
     kernels (float32, where this build has them), or differentiated by Eigen's."""
-    onednn = inputs.dtype == tf.float32 and _onednn_kernels()
-    attributes = dict(
-        strides=(1, *strides, 1),
-        padding=padding.upper(),
-        use_cudnn_on_gpu=True,
-        explicit_paddings=(),
-        data_format="NHWC",
-        dilations=(1, 1, 1, 1),
-    )
+    onednn = _takes_onednn(inputs)
 
     def op(name, **more):
-        return _labelled_op(name, onednn, **attributes, **more)
+        return _convolution_op(name, onednn, strides, padding, **more)
 
     @tf.custom_gradient
     def convolved(x, k):
@@ -159,17 +151,7 @@ def shifted_products(inputs, kernel, shifted_views):
     backward of one convolution: 1536 -> 384 channels 76.1 -> 44.1 ms, 384 -> 384 19.1 ->
     12.3 ms, 384 -> 1536 61.8 -> 44.7 ms.
     """
-    onednn = inputs.dtype == tf.float32 and _onednn_kernels()
-    input_gradient = _labelled_op(
-        "Conv2DBackpropInput",
-        onednn,
-        strides=(1, 1, 1, 1),
-        padding="SAME",
-        use_cudnn_on_gpu=True,
-        explicit_paddings=(),
-        data_format="NHWC",
-        dilations=(1, 1, 1, 1),
-    )
+    input_gradient = _convolution_op("Conv2DBackpropInput", _takes_onednn(inputs), (1, 1), "same")
 
     @tf.custom_gradient
     def convolved(x, k):
@@ -188,6 +170,28 @@ def shifted_products(inputs, kernel, shifted_views):
     # Tensors, not the variable: a custom gradient would have to return gradients for
     # variables read inside it.
     return convolved(inputs, tf.convert_to_tensor(kernel))
+
+
+def _takes_onednn(inputs):
+    """Whether a convolution of `inputs` takes oneDNN's kernels: float32, where this build
+    has them (Eigen's otherwise)."""
+    return inputs.dtype == tf.float32 and _onednn_kernels()
+
+
+def _convolution_op(name, onednn, strides, padding, **more):
+    """`_labelled_op` for the 2D NHWC convolution op `name` (forward or a gradient),
+    undilated, ungrouped, with these `strides` and "same"/"valid" `padding`."""
+    return _labelled_op(
+        name,
+        onednn,
+        strides=(1, *strides, 1),
+        padding=padding.upper(),
+        use_cudnn_on_gpu=True,
+        explicit_paddings=(),
+        data_format="NHWC",
+        dilations=(1, 1, 1, 1),
+        **more,
+    )
 
 
 def batch_norm_gradient(output_gradient, x, scale, reserve_mean, reserve_variance, epsilon, onednn):
