@@ -424,3 +424,52 @@ def test_predictions_and_evaluations_take_onednn_kernels_exports_do_not(monkeypa
         assert b"Conv2D" in graph and b"_MklNative" not in graph and b"MklNameChangeOp" not in graph
     loaded = tf.saved_model.load(str(tmp_path / "keras_saved"))
     assert relative_error(loaded.serve(tf.constant(x)), expected) < 1e-5
+
+
+def test_prediction_steps_leave_kernels_as_large_as_the_batch_to_tensorflow(monkeypatch):
+    # In Keras' predict and test steps a convolution whose kernel has at least as many
+    # elements as the traced batch's input takes TensorFlow's own kernel (`forward`), whose
+    # graph optimiser fuses it with the BatchNorm and ReLU after it; a smaller kernel, an
+    # unknown batch and a graph under a tape take oneDNN's. The results agree.
+    import tensorflow as tf
+
+    from keras_irevnet.layers import tensorflow_kernels
+
+    _force(monkeypatch, "onednn")
+    x = tf.constant(_photo_channels(8, 2, 16))  # 2 * 8 * 8 * 16 = 2048 elements
+    rng = np.random.RandomState(3)
+    small = tf.constant(rng.randn(3, 3, 16, 8).astype("float32") * 0.2)  # 1152 elements
+    large = tf.constant(rng.randn(3, 3, 16, 16).astype("float32") * 0.2)  # 2304 elements
+    forwarded = []
+
+    def forward(inputs, kernel):
+        forwarded.append(int(kernel.shape[-1]))
+        return tf.nn.conv2d(inputs, kernel, 1, "SAME")
+
+    def convolution(inputs, kernel):
+        return tensorflow_kernels.convolution(inputs, kernel, (1, 1), "same", forward)
+
+    @tf.function
+    def predict_step(inputs, kernel):
+        with tensorflow_kernels.keras_step():
+            return convolution(inputs, kernel)
+
+    @tf.function
+    def step_under_a_tape(inputs, kernel):
+        with tensorflow_kernels.keras_step(), tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = convolution(inputs, kernel)
+        return y, tape.gradient(y, inputs)
+
+    for kernel, expected in ((small, []), (large, [16])):
+        forwarded.clear()
+        result = predict_step(x, kernel)
+        assert forwarded == expected
+        assert relative_error(result, tf.nn.conv2d(x, kernel, 1, "SAME")) < 1e-5
+
+    forwarded.clear()
+    unknown_batch = predict_step.get_concrete_function(tf.TensorSpec((None, 8, 8, 16)), large)
+    assert forwarded == []
+    assert relative_error(unknown_batch(x, large), tf.nn.conv2d(x, large, 1, "SAME")) < 1e-5
+    step_under_a_tape(x, large)
+    assert forwarded == []
