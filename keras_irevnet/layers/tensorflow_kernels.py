@@ -191,8 +191,8 @@ def _kernel_outweighs_batch(inputs, kernel):
     many elements as `inputs`, whose shape is known when traced (an unknown batch: False)."""
     if not getattr(_thread, "keras_step", False) or _compat.tensorflow_could_record_gradients():
         return False
-    size = inputs.shape.num_elements()
-    return size is not None and kernel.shape.num_elements() >= size
+    size = tf.TensorShape(inputs.shape).num_elements()
+    return size is not None and tf.TensorShape(kernel.shape).num_elements() >= size
 
 
 def _takes_onednn(inputs):
