@@ -426,50 +426,87 @@ def test_predictions_and_evaluations_take_onednn_kernels_exports_do_not(monkeypa
     assert relative_error(loaded.serve(tf.constant(x)), expected) < 1e-5
 
 
-def test_prediction_steps_leave_kernels_as_large_as_the_batch_to_tensorflow(monkeypatch):
-    # In Keras' predict and test steps a convolution whose kernel has at least as many
-    # elements as the traced batch's input takes TensorFlow's own kernel (`forward`), whose
-    # graph optimiser fuses it with the BatchNorm and ReLU after it; a smaller kernel, an
-    # unknown batch and a graph under a tape take oneDNN's. The results agree.
+def test_prediction_steps_leave_small_convolutions_to_tensorflow(monkeypatch):
+    # In Keras' predict and test steps a convolution with fewer than 4096 output positions
+    # over the traced batch takes TensorFlow's own kernel (`forward`), which its graph
+    # optimiser fuses with the BatchNorm and ReLU after it; a larger one, an unknown batch
+    # and a graph under a tape take oneDNN's. The results agree.
     import tensorflow as tf
 
     from keras_irevnet.layers import tensorflow_kernels
 
     _force(monkeypatch, "onednn")
-    x = tf.constant(_photo_channels(8, 2, 16))  # 2 * 8 * 8 * 16 = 2048 elements
-    rng = np.random.RandomState(3)
-    small = tf.constant(rng.randn(3, 3, 16, 8).astype("float32") * 0.2)  # 1152 elements
-    large = tf.constant(rng.randn(3, 3, 16, 16).astype("float32") * 0.2)  # 2304 elements
+    photos = tf.constant(_photo_channels(16, 16, 16))  # 16 images of 16 x 16: 4096 positions
+    kernel = tf.constant(np.random.RandomState(3).randn(3, 3, 16, 8).astype("float32") * 0.2)
     forwarded = []
 
-    def forward(inputs, kernel):
-        forwarded.append(int(kernel.shape[-1]))
-        return tf.nn.conv2d(inputs, kernel, 1, "SAME")
+    def forward(strides, padding):
+        def convolution(inputs, kernel):
+            forwarded.append(int(inputs.shape[0]))
+            return tf.nn.conv2d(inputs, kernel, strides, padding.upper())
 
-    def convolution(inputs, kernel):
-        return tensorflow_kernels.convolution(inputs, kernel, (1, 1), "same", forward)
+        return convolution
+
+    def convolution(inputs, strides=1, padding="same"):
+        return tensorflow_kernels.convolution(
+            inputs, kernel, (strides, strides), padding, forward(strides, padding)
+        )
 
     @tf.function
-    def predict_step(inputs, kernel):
+    def predict_step(inputs, strides=1, padding="same"):
         with tensorflow_kernels.keras_step():
-            return convolution(inputs, kernel)
+            return convolution(inputs, strides, padding)
 
     @tf.function
-    def step_under_a_tape(inputs, kernel):
+    def step_under_a_tape(inputs):
         with tensorflow_kernels.keras_step(), tf.GradientTape() as tape:
             tape.watch(inputs)
-            y = convolution(inputs, kernel)
+            y = convolution(inputs)
         return y, tape.gradient(y, inputs)
 
-    for kernel, expected in ((small, []), (large, [16])):
+    for inputs, strides, padding, expected in (
+        (photos[:15], 1, "same", [15]),  # 3840 output positions
+        (photos, 1, "same", []),  # 4096
+        (photos, 2, "same", [16]),  # 1024
+        (photos, 1, "valid", [16]),  # 16 x 14 x 14 = 3136
+    ):
         forwarded.clear()
-        result = predict_step(x, kernel)
-        assert forwarded == expected
-        assert relative_error(result, tf.nn.conv2d(x, kernel, 1, "SAME")) < 1e-5
+        result = predict_step(inputs, strides, padding)
+        assert forwarded == expected, (inputs.shape, strides, padding)
+        wanted = tf.nn.conv2d(inputs, kernel, strides, padding.upper())
+        assert relative_error(result, wanted) < 1e-5
 
     forwarded.clear()
-    unknown_batch = predict_step.get_concrete_function(tf.TensorSpec((None, 8, 8, 16)), large)
+    unknown_batch = predict_step.get_concrete_function(tf.TensorSpec((None, 16, 16, 16)))
     assert forwarded == []
-    assert relative_error(unknown_batch(x, large), tf.nn.conv2d(x, large, 1, "SAME")) < 1e-5
-    step_under_a_tape(x, large)
+    wanted = tf.nn.conv2d(photos[:2], kernel, 1, "SAME")
+    assert relative_error(unknown_batch(photos[:2]), wanted) < 1e-5
+    step_under_a_tape(photos[:2])
     assert forwarded == []
+
+
+def test_prediction_steps_leave_small_wide_kernels_to_tensorflows_convolution(monkeypatch):
+    # The 7x7 stage's matrix products give way to TensorFlow's own convolution in
+    # prediction below 4096 output positions too.
+    import tensorflow as tf
+
+    from keras_irevnet.layers import tensorflow_kernels
+
+    _force(monkeypatch, "onednn")
+    photos = tf.constant(_photo_channels(4, 32, 64))
+    ours, theirs = _pair(photos, 1, "same", filters=64)
+    assert ours._shifted_products
+
+    @tf.function
+    def predict_step(inputs):
+        with tensorflow_kernels.keras_step():
+            return ours(inputs)
+
+    for count, convolution in ((32, True), (256, False)):  # 512 and 4096 positions
+        inputs = tf.tile(photos, (count // 32, 1, 1, 1))
+        graph = predict_step.get_concrete_function(inputs).graph.as_graph_def()
+        ops = {node.op for node in graph.node}
+        for function in graph.library.function:
+            ops |= {node.op for node in function.node_def}
+        assert ("Conv2D" in ops) == convolution and ("MatMul" in ops) != convolution, ops
+        assert relative_error(predict_step(inputs), theirs(inputs)) < 1e-5

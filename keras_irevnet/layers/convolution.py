@@ -96,7 +96,9 @@ class Conv2D(keras.layers.Conv2D):
                 from keras_irevnet.layers import tensorflow_kernels
 
                 if tensorflow_kernels.applies():
-                    return tensorflow_kernels.shifted_products(inputs, kernel, shifted_views)
+                    return tensorflow_kernels.shifted_products(
+                        inputs, kernel, shifted_views, super().convolution_op
+                    )
             return _shifted_products_convolution(inputs, kernel)
         if self._jax_narrowing:
             from keras_irevnet.layers import jax_convolution

@@ -24,8 +24,8 @@ oneDNN's kernels gets Eigen's convolution gradients (no im2col buffer) and Tenso
 kernels otherwise. This is done in graphs that are run here and never saved: those that
 may be differentiated (a gradient tape records: Keras' train step) and Keras' predict and
 test steps of keras_irevnet's models (`keras_step()`, `keras_irevnet.models.step_kernels`;
-there a convolution whose kernel is as large as the batch's input keeps TensorFlow's own
-kernel, see `convolution`).
+there a convolution with a small output keeps TensorFlow's own kernel, see
+`_few_output_positions`).
 Exports (`model.export`, `tf.saved_model.save`, ONNX) trace the model's `call`, with no tape,
 and get Keras' own ops: a SavedModel must load where oneDNN's ops do not exist. Nothing else
 in the process changes: other ops keep TensorFlow's kernels.
@@ -113,16 +113,10 @@ def convolution(inputs, kernel, strides, padding, forward):
     `strides` and "same"/"valid" `padding`) computed, and differentiated, by oneDNN's
     kernels (float32, where this build has them), or differentiated by Eigen's.
 
-    In Keras' predict and test steps (`keras_step()`, no tape), a kernel with at least as
-    many elements as the traced batch's input is left to `forward`, TensorFlow's own
-    kernel, which its graph optimiser fuses with the BatchNorm and ReLU after it: oneDNN's
-    convolution reorders its kernel into its own layout at every call, which costs most
-    where the kernel is large against the batch. With the BatchNorm and ReLU, eight in a
-    chain, on 2 cores of an AMD EPYC, TensorFlow's own against oneDNN's (ms): at batch 4,
-    14x14, 384 -> 96 channels 4.33 against 5.36, 96 -> 96 1.02 against 1.18; at batch 32,
-    26.0 against 24.2 and 6.56 against 6.44.
+    In Keras' predict and test steps, a small convolution (`_few_output_positions`) is left
+    to `forward`, TensorFlow's own kernel.
     """
-    if _kernel_outweighs_batch(inputs, kernel):
+    if _few_output_positions(inputs, kernel, strides, padding):
         return forward(inputs, kernel)
     onednn = _takes_onednn(inputs)
 
@@ -149,7 +143,7 @@ def convolution(inputs, kernel, strides, padding, forward):
     return convolved(inputs, tf.convert_to_tensor(kernel))
 
 
-def shifted_products(inputs, kernel, shifted_views):
+def shifted_products(inputs, kernel, shifted_views, forward):
     """A stride-1 "same" convolution of NHWC `inputs` computed as one matrix product, the
     views `shifted_views(inputs, kernel_size)` (the kernel's kh * kw shifted views of the
     padded input, side by side) times the kernel as a (kh * kw * in, out) matrix, as
@@ -164,7 +158,12 @@ def shifted_products(inputs, kernel, shifted_views):
     padded copy apiece) and sums them. On 2 cores of an AMD EPYC at batch 4, forward and
     backward of one convolution: 1536 -> 384 channels 76.1 -> 44.1 ms, 384 -> 384 19.1 ->
     12.3 ms, 384 -> 1536 61.8 -> 44.7 ms.
+
+    In Keras' predict and test steps, a small convolution (`_few_output_positions`: up to
+    batch 83 on the 7x7 stage) is left to `forward`, TensorFlow's own convolution.
     """
+    if _few_output_positions(inputs, kernel, (1, 1), "same"):
+        return forward(inputs, kernel)
     input_gradient = _convolution_op("Conv2DBackpropInput", _takes_onednn(inputs), (1, 1), "same")
 
     @tf.custom_gradient
@@ -186,13 +185,37 @@ def shifted_products(inputs, kernel, shifted_views):
     return convolved(inputs, tf.convert_to_tensor(kernel))
 
 
-def _kernel_outweighs_batch(inputs, kernel):
-    """Whether this is Keras' predict or test step (no tape) and `kernel` has at least as
-    many elements as `inputs`, whose shape is known when traced (an unknown batch: False)."""
+# Below this many output positions (batch x height x width) a convolution in prediction
+# takes TensorFlow's own kernel.
+_FEW_OUTPUT_POSITIONS = 4096
+
+
+def _few_output_positions(inputs, kernel, strides, padding):
+    """Whether this is Keras' predict or test step (no tape) and the convolution of `inputs`
+    (shape known when traced; an unknown batch: False) has fewer than
+    `_FEW_OUTPUT_POSITIONS` output positions over the batch.
+
+    There TensorFlow's own kernel, which its graph optimiser fuses with the BatchNorm and
+    ReLU after it, is faster than oneDNN's, whose every call carries fixed costs (its kernel
+    reordered into oneDNN's layout among them) that only a large output amortises. Measured
+    on 2 cores of an AMD EPYC, four i-RevNet bottlenecks in a chain, TensorFlow's own against
+    oneDNN's, by output positions: 196-3136 on every stage shape of both models (14x14
+    384 -> 96 -> 384 channels, 28x28 96 -> 24 -> 96, 56x56 24 -> 6 -> 24, 8x8 256 -> 64 ->
+    256, 16x16 64 -> 16 -> 64) 1.03-1.87x faster; at 4096, 0.93x on 32x32 16 -> 4 -> 16,
+    0.94x on 8x8 and 1.22x on 16x16; above, 0.43-0.89x on the few-channel and 8x8 stages,
+    1.01-1.28x on the others. On the 7x7 stage (1536 -> 384 -> 1536), against its matrix
+    products (`shifted_products`), 1.05x at batch 1, 1.06x at 4, 1.29x at 16."""
     if not getattr(_thread, "keras_step", False) or _compat.tensorflow_could_record_gradients():
         return False
-    size = tf.TensorShape(inputs.shape).num_elements()
-    return size is not None and tf.TensorShape(kernel.shape).num_elements() >= size
+    shape = tf.TensorShape(inputs.shape)
+    if not shape.is_fully_defined():
+        return False
+    batch, height, width = shape[0], shape[1], shape[2]
+    kh, kw = tf.TensorShape(kernel.shape)[:2]
+    if padding.lower() == "valid":
+        height, width = height - kh + 1, width - kw + 1
+    positions = batch * -(-height // strides[0]) * -(-width // strides[1])
+    return positions < _FEW_OUTPUT_POSITIONS
 
 
 def _takes_onednn(inputs):
