@@ -510,3 +510,21 @@ def test_prediction_steps_leave_small_wide_kernels_to_tensorflows_convolution(mo
             ops |= {node.op for node in function.node_def}
         assert ("Conv2D" in ops) == convolution and ("MatMul" in ops) != convolution, ops
         assert relative_error(predict_step(inputs), theirs(inputs)) < 1e-5
+
+
+def test_small_convolutions_benchmark_compares_the_two_kernels(monkeypatch):
+    # benchmarks.small_convolutions traces its chain of bottlenecks once with every
+    # convolution on oneDNN's kernel and once on TensorFlow's own; both compute the same.
+    from benchmarks import small_convolutions
+
+    _force(monkeypatch, "onednn")
+    x, runs = small_convolutions.chains(8, 16, 2)
+    ops = {}
+    for name, run in runs.items():
+        graph = run.get_concrete_function(x).graph.as_graph_def()
+        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        ops[name] = {node.op for node in nodes}
+    assert "_MklNativeConv2D" in ops["onednn"] and "Conv2D" not in ops["onednn"]
+    assert "Conv2D" in ops["tensorflow"] and not any("Mkl" in op for op in ops["tensorflow"])
+    assert relative_error(runs["onednn"](x), runs["tensorflow"](x)) < 1e-5
+    assert set(small_convolutions.measure(8, 16, 2, repeats=1)) == {"onednn", "tensorflow"}

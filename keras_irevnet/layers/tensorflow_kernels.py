@@ -204,7 +204,8 @@ def _few_output_positions(inputs, kernel, strides, padding):
     256, 16x16 64 -> 16 -> 64) 1.03-1.87x faster; at 4096, 0.93x on 32x32 16 -> 4 -> 16,
     0.94x on 8x8 and 1.22x on 16x16; above, 0.43-0.89x on the few-channel and 8x8 stages,
     1.01-1.28x on the others. On the 7x7 stage (1536 -> 384 -> 1536), against its matrix
-    products (`shifted_products`), 1.05x at batch 1, 1.06x at 4, 1.29x at 16."""
+    products (`shifted_products`), 1.05x at batch 1, 1.06x at 4, 1.29x at 16.
+    `python -m benchmarks.small_convolutions` measures these on the machine at hand."""
     if not getattr(_thread, "keras_step", False) or _compat.tensorflow_could_record_gradients():
         return False
     shape = tf.TensorShape(inputs.shape)
