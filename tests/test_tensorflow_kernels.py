@@ -112,15 +112,20 @@ def _labels(function, x, kind="Conv2D"):
     """(op type, kernel label) of every op of `kind` (convolutions, forward or gradient, or
     BatchNorm gradients) with a kernel label that `function` builds, in its graph or in the
     functions it calls; and "" for each such op without one."""
-    graph_def = function.get_concrete_function(x).graph.as_graph_def()
+    return sorted(
+        (node.op, node.attr["_kernel"].s.decode() if "_kernel" in node.attr else "")
+        for node in _graph_nodes(function, x)
+        if kind in node.op and ("_kernel" in node.attr or node.op in _GRADIENT_OPS)
+    )
+
+
+def _graph_nodes(function, *args):
+    """Every node of the graph `function` traces for `args`, and of the functions it calls."""
+    graph_def = function.get_concrete_function(*args).graph.as_graph_def()
     nodes = list(graph_def.node)
     for library_function in graph_def.library.function:
         nodes.extend(library_function.node_def)
-    return sorted(
-        (node.op, node.attr["_kernel"].s.decode() if "_kernel" in node.attr else "")
-        for node in nodes
-        if kind in node.op and ("_kernel" in node.attr or node.op in _GRADIENT_OPS)
-    )
+    return nodes
 
 
 @pytest.mark.parametrize("strides", [1, 2])
@@ -504,10 +509,7 @@ def test_prediction_steps_leave_small_wide_kernels_to_tensorflows_convolution(mo
 
     for count, convolution in ((32, True), (256, False)):  # 512 and 4096 positions
         inputs = tf.tile(photos, (count // 32, 1, 1, 1))
-        graph = predict_step.get_concrete_function(inputs).graph.as_graph_def()
-        ops = {node.op for node in graph.node}
-        for function in graph.library.function:
-            ops |= {node.op for node in function.node_def}
+        ops = {node.op for node in _graph_nodes(predict_step, inputs)}
         assert ("Conv2D" in ops) == convolution and ("MatMul" in ops) != convolution, ops
         assert relative_error(predict_step(inputs), theirs(inputs)) < 1e-5
 
@@ -519,11 +521,7 @@ def test_small_convolutions_benchmark_compares_the_two_kernels(monkeypatch):
 
     _force(monkeypatch, "onednn")
     x, runs = small_convolutions.chains(8, 16, 2)
-    ops = {}
-    for name, run in runs.items():
-        graph = run.get_concrete_function(x).graph.as_graph_def()
-        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
-        ops[name] = {node.op for node in nodes}
+    ops = {name: {node.op for node in _graph_nodes(run, x)} for name, run in runs.items()}
     assert "_MklNativeConv2D" in ops["onednn"] and "Conv2D" not in ops["onednn"]
     assert "Conv2D" in ops["tensorflow"] and not any("Mkl" in op for op in ops["tensorflow"])
     assert relative_error(runs["onednn"](x), runs["tensorflow"](x)) < 1e-5
