@@ -168,3 +168,13 @@ class _Block(importlib.abc.MetaPathFinder):
             return importlib.machinery.ModuleSpec(name, _Refuse())
 sys.meta_path.insert(0, _Block())
 """
+
+
+def graph_nodes(function, *args):
+    """Every node of the TensorFlow graph `function` traces for `args`, and of the functions
+    it calls."""
+    graph_def = function.get_concrete_function(*args).graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for library_function in graph_def.library.function:
+        nodes.extend(library_function.node_def)
+    return nodes

@@ -550,8 +550,7 @@ def test_tensorflow_recompute_takes_the_forward_batch_statistics():
                 loss = tf.reduce_sum(model(x, training=True) ** 2)
             return tape.gradient(loss, weights)
 
-        graph = step.get_concrete_function(tf.constant(inputs())).graph.as_graph_def()
-        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        nodes = helpers.graph_nodes(step, tf.constant(inputs()))
         return collections.Counter(
             (n.op, n.attr["is_training"].b) for n in nodes if n.op.startswith("FusedBatchNorm")
         )
@@ -652,7 +651,8 @@ def test_tensorflow_recompute_masks_wait_for_their_block():
     # until the walk reached its block (a mask per block: 13 MiB at 54 CIFAR blocks, batch
     # 64). Each block's seeds now wait for its reconstructed input, which convolutions
     # compute: in the traced step, the forward's masks follow from the seeds alone, the
-    # recomputes' from a convolution.
+    # recomputes' from a convolution (TensorFlow's op, or a call of a function holding
+    # oneDNN's or Eigen's: tensorflow_kernels).
     if BACKEND != "tensorflow":
         pytest.skip("TensorFlow's graph")
     import tensorflow as tf
@@ -663,13 +663,24 @@ def test_tensorflow_recompute_masks_wait_for_their_block():
     model = _dropout_classifier(blocks, memory_efficient=True)
     gradient = tensorflow_loss_gradient(model, keras.losses.SparseCategoricalCrossentropy())
     x, y = _classifier_batch()
-    ops = gradient.get_concrete_function(tf.constant(x), tf.constant(y)).graph.get_operations()
+    graph = gradient.get_concrete_function(tf.constant(x), tf.constant(y)).graph
+    ops = graph.get_operations()
+    convolving_functions = {
+        function.signature.name
+        for function in graph.as_graph_def().library.function
+        if any(node.op.endswith("Conv2D") for node in function.node_def)
+    }
+
+    def convolves(op):
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            return op.get_attr("f").name in convolving_functions
+        return op.type.endswith("Conv2D")
 
     def after_a_convolution(op, seen):
         for parent in [t.op for t in op.inputs] + list(op.control_inputs):
             if parent.name not in seen:
                 seen.add(parent.name)
-                if parent.type == "Conv2D" or after_a_convolution(parent, seen):
+                if convolves(parent) or after_a_convolution(parent, seen):
                     return True
         return False
 

@@ -14,6 +14,7 @@ import pytest
 
 from keras_irevnet.layers import Conv2D
 from tests.helpers import (
+    graph_nodes,
     preprocessed_photos,
     relative_error,
     tiny_model,
@@ -114,18 +115,9 @@ def _labels(function, x, kind="Conv2D"):
     functions it calls; and "" for each such op without one."""
     return sorted(
         (node.op, node.attr["_kernel"].s.decode() if "_kernel" in node.attr else "")
-        for node in _graph_nodes(function, x)
+        for node in graph_nodes(function, x)
         if kind in node.op and ("_kernel" in node.attr or node.op in _GRADIENT_OPS)
     )
-
-
-def _graph_nodes(function, *args):
-    """Every node of the graph `function` traces for `args`, and of the functions it calls."""
-    graph_def = function.get_concrete_function(*args).graph.as_graph_def()
-    nodes = list(graph_def.node)
-    for library_function in graph_def.library.function:
-        nodes.extend(library_function.node_def)
-    return nodes
 
 
 @pytest.mark.parametrize("strides", [1, 2])
@@ -329,6 +321,64 @@ def test_reversible_backprop_asked_for_the_input_gradient_only(kernels):
     assert relative_error(*gradients) < 1e-5
 
 
+def test_reversible_forward_pass_takes_the_prediction_steps_kernels(monkeypatch):
+    # Reversible backprop's forward pass runs with the tape stopped, in a training step's
+    # graph (never saved): its convolutions take the kernels Keras' predict step would
+    # (oneDNN's, TensorFlow's own below `_few_output_positions`' count), not Keras' own ops
+    # throughout; its recompute takes a training step's. Gradients equal plain training's.
+    import tensorflow as tf
+
+    from keras_irevnet.layers import tensorflow_kernels
+
+    _force(monkeypatch, "onednn")
+    # 16 photos of 32 x 32: the first stage's convolutions have 4096 output positions, the
+    # second's (stride 2) 1024.
+    x = preprocessed_photos(32, 4)
+    x = tf.constant(np.concatenate([np.rot90(x, k, axes=(1, 2)) for k in range(4)]))
+
+    def traced(function):
+        """Top-level convolutions of `function`'s graph: TensorFlow's own ops, and calls of
+        oneDNN's."""
+        graph = function.get_concrete_function(x).graph.as_graph_def()
+        onednn = {
+            f.signature.name
+            for f in graph.library.function
+            if any(n.op == "_MklNativeConv2D" for n in f.node_def)
+        }
+        return collections.Counter(
+            "onednn" if node.op.endswith("PartitionedCall") else node.op
+            for node in graph.node
+            if node.op == "Conv2D" or ("f" in node.attr and node.attr["f"].func.name in onednn)
+        )
+
+    counts, gradients = {}, {}
+    for memory_efficient in (False, True):
+        model = tiny_model(memory_efficient=memory_efficient)
+
+        @tf.function
+        def training_step(x, model=model):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.sin(model(x, training=True)))
+            return tape.gradient(loss, model.trainable_variables)
+
+        @tf.function
+        def prediction_step(x, model=model):
+            with tensorflow_kernels.keras_step():
+                return model(x, training=False)
+
+        counts[memory_efficient] = traced(training_step)
+        gradients[memory_efficient] = training_step(x)
+    predicted = traced(prediction_step)
+    assert predicted["onednn"] > 0 and predicted["Conv2D"] > 0, predicted  # both kinds
+    assert counts[False] == {"onednn": predicted.total()}, counts
+    assert counts[True] == {
+        "onednn": counts[False]["onednn"] + predicted["onednn"],
+        "Conv2D": predicted["Conv2D"],
+    }, (counts, predicted)
+    for efficient, plain in zip(gradients[True], gradients[False]):
+        assert relative_error(efficient, plain) < 1e-5
+
+
 @pytest.mark.parametrize("replayed", [False, True])
 def test_batch_norm_gradient_by_onednn_equals_tensorflow_own(monkeypatch, replayed):
     # A training-mode BatchNorm's gradients w.r.t. its input, scale and offset, first and
@@ -509,7 +559,7 @@ def test_prediction_steps_leave_small_wide_kernels_to_tensorflows_convolution(mo
 
     for count, convolution in ((32, True), (256, False)):  # 512 and 4096 positions
         inputs = tf.tile(photos, (count // 32, 1, 1, 1))
-        ops = {node.op for node in _graph_nodes(predict_step, inputs)}
+        ops = {node.op for node in graph_nodes(predict_step, inputs)}
         assert ("Conv2D" in ops) == convolution and ("MatMul" in ops) != convolution, ops
         assert relative_error(predict_step(inputs), theirs(inputs)) < 1e-5
 
@@ -521,7 +571,7 @@ def test_small_convolutions_benchmark_compares_the_two_kernels(monkeypatch):
 
     _force(monkeypatch, "onednn")
     x, runs = small_convolutions.chains(8, 16, 2)
-    ops = {name: {node.op for node in _graph_nodes(run, x)} for name, run in runs.items()}
+    ops = {name: {node.op for node in graph_nodes(run, x)} for name, run in runs.items()}
     assert "_MklNativeConv2D" in ops["onednn"] and "Conv2D" not in ops["onednn"]
     assert "Conv2D" in ops["tensorflow"] and not any("Mkl" in op for op in ops["tensorflow"])
     assert relative_error(runs["onednn"](x), runs["tensorflow"](x)) < 1e-5

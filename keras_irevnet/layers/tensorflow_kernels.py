@@ -22,10 +22,10 @@ only rewrites graphs to use them when it is. So on such a machine
 `keras_irevnet.layers.BatchNormalization` its training-mode gradient; a build without
 oneDNN's kernels gets Eigen's convolution gradients (no im2col buffer) and TensorFlow's own
 kernels otherwise. This is done in graphs that are run here and never saved: those that
-may be differentiated (a gradient tape records: Keras' train step) and Keras' predict and
-test steps of keras_irevnet's models (`keras_step()`, `keras_irevnet.models.step_kernels`;
-there a convolution with a small output keeps TensorFlow's own kernel, see
-`_few_output_positions`).
+may be differentiated (a gradient tape records: Keras' train step), Keras' predict and
+test steps of keras_irevnet's models and reversible backprop's untaped forward pass
+(`keras_step()`, `keras_irevnet.models.step_kernels`; there a convolution with a small
+output keeps TensorFlow's own kernel, see `_few_output_positions`).
 Exports (`model.export`, `tf.saved_model.save`, ONNX) trace the model's `call`, with no tape,
 and get Keras' own ops: a SavedModel must load where oneDNN's ops do not exist. Nothing else
 in the process changes: other ops keep TensorFlow's kernels.
@@ -61,9 +61,10 @@ _thread = threading.local()
 
 @contextlib.contextmanager
 def keras_step():
-    """A context for tracing Keras' predict and test steps (`keras_irevnet.models.step_kernels`):
-    graphs that run here and are never saved, which may take oneDNN's kernels without a
-    gradient tape."""
+    """A context for tracing graph code that runs here, is never saved and records no
+    gradients, which may take oneDNN's kernels without a gradient tape: Keras' predict and
+    test steps (`keras_irevnet.models.step_kernels`) and reversible backprop's forward pass
+    inside a training step."""
     previous = getattr(_thread, "keras_step", False)
     _thread.keras_step = True
     try:
@@ -191,7 +192,8 @@ _FEW_OUTPUT_POSITIONS = 4096
 
 
 def _few_output_positions(inputs, kernel, strides, padding):
-    """Whether this is Keras' predict or test step (no tape) and the convolution of `inputs`
+    """Whether this is a `keras_step()` graph (Keras' predict or test step, reversible
+    backprop's forward pass) with no tape, and the convolution of `inputs`
     (shape known when traced; an unknown batch: False) has fewer than
     `_FEW_OUTPUT_POSITIONS` output positions over the batch.
 

@@ -1,8 +1,11 @@
 """Reversible backprop on TensorFlow: `tf.custom_gradient` with a GradientTape per block."""
 
+import contextlib
+
 import tensorflow as tf
 
 from keras_irevnet import _compat
+from keras_irevnet.layers import tensorflow_kernels
 from keras_irevnet.reversible import _walk
 
 
@@ -43,6 +46,16 @@ def _barrier(tensors):
         return tf.nest.map_structure(tf.identity, tensors)
 
 
+@contextlib.contextmanager
+def _untaped_forward():
+    # An enclosing GradientTape must not record the forward (it would keep every activation
+    # alive). With the tape stopped, the layers would take Keras' own ops where TensorFlow
+    # runs without oneDNN; this graph is the training step's, run here and never saved, so
+    # they may keep their faster kernels, as in Keras' predict step.
+    with _compat.tensorflow_stop_recording(), tensorflow_kernels.keras_step():
+        yield
+
+
 def reversible_blocks(blocks, inputs, training):
     seed_variables = _walk.seed_states(blocks)
     block_seeds = _walk.block_seed_states(blocks)
@@ -59,9 +72,7 @@ def reversible_blocks(blocks, inputs, training):
             id(v): tf.identity(value)
             for v, value in zip(seed_variables, _walk.raw_values(seed_variables))
         }
-        # An enclosing eager GradientTape must not record the forward (it would keep every
-        # activation alive).
-        with _compat.tensorflow_stop_recording(), statistics.recording():
+        with _untaped_forward(), statistics.recording():
             outputs, checkpoints = _walk.forward(
                 blocks, (x1, x2), training, before_block=before_block
             )
