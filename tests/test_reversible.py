@@ -629,7 +629,9 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
     # bytes at 4 and 16 blocks; plain autodiff 3.4 and 9.6 MB (519 KB more per block).
     # Without it (AMD's CPUs; BFC allocator), with Eigen's convolution gradients (as
     # keras_irevnet/layers/tensorflow_kernels.py took them before it took oneDNN's kernels
-    # there): 3.46 and 3.57 MB, plain 4.6 and 14.6 MB. (TensorFlow's default im2col
+    # there): 3.46 and 3.57 MB, plain 4.6 and 14.6 MB; with oneDNN's kernels there and the
+    # backward walk one block behind (_one_block_behind) 3.86 and 3.85 MB, plain 4.9 and
+    # 14.5 MB. (TensorFlow's default im2col
     # gradients there held a scratch working set of about 67 MB at the peak of every step,
     # in both modes.) TensorFlow's executor order is not fixed: on a 2-core CI machine all
     # five calls at 16 blocks once held one more 256 KB buffer at the peak (3,058,264
@@ -645,53 +647,82 @@ def test_tensorflow_gradient_memory_is_flat_in_depth():
     assert plain_deep - deep >= 2 / 3 * plain_blocks, (deep, plain_deep, plain_blocks)
 
 
+def _tensorflow_recompute_draws(blocks):
+    """Per dropout draw (stateless_dropout's uniform draw, one per dropout call) of a
+    memory-efficient loss gradient's traced graph, the op types among the ops it waits
+    for: each op's own type, or for a function call (tensorflow_kernels' convolutions)
+    those its function holds."""
+    import tensorflow as tf
+
+    from benchmarks.allocations import tensorflow_loss_gradient
+
+    model = _dropout_classifier(blocks, memory_efficient=True)
+    gradient = tensorflow_loss_gradient(model, keras.losses.SparseCategoricalCrossentropy())
+    x, y = _classifier_batch()
+    graph = gradient.get_concrete_function(tf.constant(x), tf.constant(y)).graph
+    function_ops = {
+        function.signature.name: [node.op for node in function.node_def]
+        for function in graph.as_graph_def().library.function
+    }
+
+    def op_types(op):
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            return function_ops[op.get_attr("f").name]
+        return [op.type]
+
+    def awaited(op):
+        seen, stack, types = {op.name}, [op], []
+        while stack:
+            current = stack.pop()
+            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+                if parent.name not in seen:
+                    seen.add(parent.name)
+                    stack.append(parent)
+                    types.extend(op_types(parent))
+        return types
+
+    draws = [op for op in graph.get_operations() if op.type.startswith("StatelessRandomUniform")]
+    assert len(draws) == 2 * blocks, [op.type for op in draws]
+    return [awaited(op) for op in draws]
+
+
 def test_tensorflow_recompute_masks_wait_for_their_block():
     # A recompute's dropout mask depends only on the seeds saved before the forward pass;
     # untied, TensorFlow drew every block's as soon as the backward pass began and held each
     # until the walk reached its block (a mask per block: 13 MiB at 54 CIFAR blocks, batch
     # 64). Each block's seeds now wait for its reconstructed input, which convolutions
     # compute: in the traced step, the forward's masks follow from the seeds alone, the
-    # recomputes' from a convolution (TensorFlow's op, or a call of a function holding
-    # oneDNN's or Eigen's: tensorflow_kernels).
+    # recomputes' from a convolution (TensorFlow's op, or oneDNN's or Eigen's in a function
+    # call: tensorflow_kernels).
     if BACKEND != "tensorflow":
         pytest.skip("TensorFlow's graph")
-    import tensorflow as tf
-
-    from benchmarks.allocations import tensorflow_loss_gradient
-
     blocks = 4
-    model = _dropout_classifier(blocks, memory_efficient=True)
-    gradient = tensorflow_loss_gradient(model, keras.losses.SparseCategoricalCrossentropy())
-    x, y = _classifier_batch()
-    graph = gradient.get_concrete_function(tf.constant(x), tf.constant(y)).graph
-    ops = graph.get_operations()
-    convolving_functions = {
-        function.signature.name
-        for function in graph.as_graph_def().library.function
-        if any(node.op.endswith("Conv2D") for node in function.node_def)
-    }
-
-    def convolves(op):
-        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
-            return op.get_attr("f").name in convolving_functions
-        return op.type.endswith("Conv2D")
-
-    def after_a_convolution(op, seen):
-        for parent in [t.op for t in op.inputs] + list(op.control_inputs):
-            if parent.name not in seen:
-                seen.add(parent.name)
-                if convolves(parent) or after_a_convolution(parent, seen):
-                    return True
-        return False
-
-    # One random draw per dropout call (stateless_dropout's uniform draw).
-    draws = [op for op in ops if op.type.startswith("StatelessRandomUniform")]
-    tied = [after_a_convolution(op, set()) for op in draws]
-    assert len(draws) == 2 * blocks, [op.type for op in draws]
+    draws = _tensorflow_recompute_draws(blocks)
+    tied = [any(t.endswith("Conv2D") for t in types) for types in draws]
     # Half of them, the recomputes' (each block's reconstructed input comes from its
     # output through the next block's F, or from the stored input after the injective
     # block, which the forward's convolutions computed).
     assert sum(tied) == blocks, tied
+
+
+def test_tensorflow_recompute_overlaps_the_next_blocks_gradients():
+    # The backward walk holds each block's reconstructed input back until the block after
+    # it has all its gradients, not its own block: the recompute of a block's F then runs
+    # beside the gradients of the block walked just before it (two blocks in flight, both
+    # cores busy), while memory stays flat in depth (the memory tests). In the traced step:
+    # the first two recomputes wait for no gradient; each later one for more than the one
+    # before (a whole block's more).
+    if BACKEND != "tensorflow":
+        pytest.skip("TensorFlow's graph")
+    blocks = 4
+    waited = sorted(
+        sum(t.endswith("Conv2DBackpropInput") for t in types)
+        for types in _tensorflow_recompute_draws(blocks)
+        if any(t.endswith("Conv2D") for t in types)
+    )
+    assert len(waited) == blocks, waited
+    assert waited[0] == waited[1] == 0, waited
+    assert all(later > earlier for earlier, later in zip(waited[1:], waited[2:])), waited
 
 
 def test_memory_efficient_is_off_by_default():

@@ -11,7 +11,7 @@ from keras_irevnet.reversible import _walk
 
 def _residual_vjp(block_seeds, seed_values, statistics, training):
     def residual_vjp(block, a2, block_output_grads):
-        del block_output_grads  # the graph's order comes from _barrier
+        del block_output_grads  # the graph's order comes from _one_block_behind
         seeds = block_seeds[id(block)]
         # The block's dropout seeds are tied to its reconstructed input. A recompute's masks
         # depend on nothing else, so TensorFlow would draw every block's as soon as the walk
@@ -36,14 +36,28 @@ def _residual_vjp(block_seeds, seed_values, statistics, training):
     return residual_vjp
 
 
-def _barrier(tensors):
-    # In a graph, TensorFlow runs every op as soon as its inputs exist. The reconstructions
-    # depend only on the stack's output, so unchecked they would all run first and keep
-    # every block's activations alive at once (plain autodiff's memory). Each block's
-    # results are released only after all of them, weight gradients included, are computed.
-    flat = tf.nest.flatten(tensors)
-    with tf.control_dependencies(flat):
-        return tf.nest.map_structure(tf.identity, tensors)
+def _one_block_behind():
+    """A barrier for one backward walk (`_walk.backward`): each block's reconstructed input
+    is released to the walk once the block after it has all its gradients.
+
+    In a graph, TensorFlow runs every op as soon as its inputs exist. The reconstructions
+    depend only on the stack's output, so unchecked they would all run first and keep every
+    block's activations alive at once (plain autodiff's memory). Held back by one block,
+    the recompute of a block's F runs while the block after it computes its gradients: two
+    blocks' work in flight, at most two blocks' activations alive whatever the depth. (Held
+    back until its own block's gradients, the walk ran one op chain at a time, and on 2
+    cores the CIFAR model's memory-efficient step took 1.05-1.06x longer.)
+    """
+    awaited = []
+
+    def barrier(tensors):
+        x, grads, weight_grads = tensors
+        with tf.control_dependencies(tf.nest.flatten(x) + awaited):
+            x = tf.nest.map_structure(tf.identity, x)
+        awaited[:] = tf.nest.flatten((grads, weight_grads))
+        return x, grads, weight_grads
+
+    return barrier
 
 
 @contextlib.contextmanager
@@ -85,7 +99,7 @@ def reversible_blocks(blocks, inputs, training):
                 output_grads,
                 _residual_vjp(block_seeds, seed_values, statistics, training),
                 checkpoints,
-                barrier=_barrier,
+                barrier=_one_block_behind(),
             )
             # Variables read but not trained through F (moving statistics, seed states) get
             # None, as TensorFlow's own gradients would give them.
