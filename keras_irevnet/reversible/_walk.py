@@ -74,7 +74,9 @@ def backward(blocks, outputs, output_grads, residual_vjp, checkpoints, barrier=N
         checkpoints: the stored inputs `forward` returned; they replace the reconstruction.
         barrier: optional `tensors -> tensors` applied to each block's results (input pair,
             gradients, weight gradients) before the walk goes on; a compiler may not move
-            work across it (JAX: keeps XLA from running ahead or behind the walk).
+            work across it (JAX: keeps XLA from running ahead or behind the walk;
+            TensorFlow's holds each reconstruction back until the block before it in the
+            walk has its gradients).
 
     Returns:
         (input_grads, weight_grads): the gradient pair w.r.t. the chain's inputs and a dict
