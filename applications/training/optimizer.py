@@ -35,9 +35,41 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
             gradient = gradient + keras.ops.cast(self.l2, gradient.dtype) * keras.ops.cast(
                 variable, gradient.dtype
             )
-        super().update_step(gradient, variable, learning_rate)
+        if self.momentum and _tensorflow_resource(variable, gradient):
+            self._tensorflow_momentum_step(gradient, variable, learning_rate)
+        else:
+            super().update_step(gradient, variable, learning_rate)
+
+    def _tensorflow_momentum_step(self, gradient, variable, learning_rate):
+        # Keras' SGD computes the same update (m = momentum * m - lr * g; the variable plus m,
+        # or plus momentum * m - lr * g with Nesterov's) as five ops per variable, each a
+        # pass over its weights; TensorFlow's fused kernel makes one pass. On the ImageNet
+        # model's 125 million weights (CPU, 2 cores): 0.202 s a step against 0.092 s.
+        import tensorflow as tf
+
+        momentum = self.momentums[self._get_variable_index(variable)]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle,
+            accum=momentum.value.handle,
+            lr=tf.cast(learning_rate, variable.dtype),
+            grad=tf.cast(gradient, variable.dtype),
+            momentum=tf.cast(self.momentum, variable.dtype),
+            use_locking=False,
+            use_nesterov=self.nesterov,
+        )
 
     def get_config(self):
         config = super().get_config()
         config["l2"] = self.l2
         return config
+
+
+def _tensorflow_resource(variable, gradient):
+    """Whether the update is TensorFlow's, of a resource variable (as Keras' TensorFlow
+    optimizers hand to `update_step`: the Keras variable's `value`, or a replica's
+    component under a distribution strategy) by a dense gradient."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return hasattr(variable, "handle") and not isinstance(gradient, tf.IndexedSlices)
