@@ -76,30 +76,22 @@ def convolution(x, kernel):
     return _convolution(x, kernel)
 
 
-def _bilinear_tangent(y, x_tangent, kernel_tangent, x_term, kernel_term):
-    """The tangent of a convolution's output `y`: `x_term(x_tangent)` plus
-    `kernel_term(kernel_tangent)`, each left out where its tangent is a symbolic zero."""
-    terms = [
-        term(tangent)
-        for tangent, term in ((x_tangent, x_term), (kernel_tangent, kernel_term))
-        if not isinstance(tangent, SymbolicZero)
-    ]
-    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
-
-
 def _convolution_jvp(primals, tangents):
     x, kernel = primals
+    x_tangent, kernel_tangent = tangents
     y = _convolution(x, kernel)
+    tangent = None
+    if not isinstance(x_tangent, SymbolicZero):
+        tangent = _convolution(x_tangent, kernel)
+    if not isinstance(kernel_tangent, SymbolicZero):
 
-    def kernel_term(kernel_tangent):
         def kernel_gradient(cotangent):
             return _kernel_gradient(x, cotangent, kernel.shape)
 
         output = jax.ShapeDtypeStruct(y.shape, y.dtype)
         (term,) = jax.linear_transpose(kernel_gradient, output)(kernel_tangent)
-        return term
-
-    return y, _bilinear_tangent(y, *tangents, lambda t: _convolution(t, kernel), kernel_term)
+        tangent = term if tangent is None else tangent + term
+    return y, jnp.zeros_like(y) if tangent is None else tangent
 
 
 convolution.defjvp(_convolution_jvp, symbolic_zeros=True)
@@ -142,10 +134,15 @@ def few_channel_convolution(x, kernel):
 
 def _few_channel_convolution_jvp(primals, tangents):
     x, kernel = primals
+    x_tangent, kernel_tangent = tangents
     y = _sum_of_shifted_terms(x, kernel)
-    return y, _bilinear_tangent(
-        y, *tangents, lambda t: _convolution(t, kernel), lambda t: _convolution(x, t)
-    )
+    tangent = None
+    if not isinstance(x_tangent, SymbolicZero):
+        tangent = _convolution(x_tangent, kernel)
+    if not isinstance(kernel_tangent, SymbolicZero):
+        term = _convolution(x, kernel_tangent)
+        tangent = term if tangent is None else tangent + term
+    return y, jnp.zeros_like(y) if tangent is None else tangent
 
 
 few_channel_convolution.defjvp(_few_channel_convolution_jvp, symbolic_zeros=True)
