@@ -248,12 +248,10 @@ def _wide_photos():
 )
 def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide, filters):
     # keras_irevnet's Conv2D only changes how torch is called (no layout copies, or NCHW
-    # copies where the kernel is wide), how TensorFlow and JAX compute wide kernels, how
-    # JAX differentiates narrowing convolutions and how it computes those of few input
-    # channels: outputs and input gradients must be Keras' own, bit for bit, on every
-    # backend; on torch's NCHW path (Keras' runs channels_last), TensorFlow's and JAX's
-    # matrix product of shifted views and JAX's sum of shifted terms (its outputs; its
-    # gradients are XLA's convolutions') to float32 rounding.
+    # copies where the kernel is wide), how TensorFlow and JAX compute wide kernels and how
+    # JAX differentiates narrowing convolutions: outputs and input gradients must be Keras'
+    # own, bit for bit, on every backend; on torch's NCHW path (Keras' runs channels_last)
+    # and TensorFlow's and JAX's matrix product of shifted views to float32 rounding.
     # (2, "same") takes the fallback to Keras' path on torch.
     from keras_irevnet.layers import Conv2D
 
@@ -272,17 +270,11 @@ def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide,
     assert ours._shifted_products == (shifted and keras.backend.backend() != "torch")
     narrowing = strides == 1 and padding == "same" and not wide and filters < x.shape[-1]
     assert ours._jax_narrowing == (narrowing and keras.backend.backend() == "jax")
-    # a 3x3 kernel on 6 channels, to 8
-    few = strides == 1 and padding == "same" and filters == 8
-    assert ours._jax_few_channels == (few and keras.backend.backend() == "jax")
     keras_own.set_weights(ours.get_weights())
     assert_equal = np.testing.assert_array_equal
     if wide:
         assert_equal = functools.partial(assert_relative_error_below, bound=1e-6)
-    assert_output_equal = assert_equal
-    if ours._jax_few_channels:
-        assert_output_equal = functools.partial(assert_relative_error_below, bound=1e-6)
-    assert_output_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
+    assert_equal(to_numpy(ours(x)), to_numpy(keras_own(x)))
     assert tuple(ours(x).shape) == ours.compute_output_shape(x.shape)
 
     from keras_irevnet.analysis.autodiff import jvp, vjp
@@ -320,55 +312,6 @@ def test_conv2d_equals_keras_conv2d_forward_and_gradient(strides, padding, wide,
 def assert_relative_error_below(got, want, bound):
     assert got.shape == want.shape
     assert relative_error(got, want) < bound, relative_error(got, want)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's convolution forms")
-@pytest.mark.parametrize("channels_out", [4, 16])
-def test_jax_few_channel_convolution_is_the_convolution_with_xlas_derivatives(channels_out):
-    # CIFAR's first-stage shapes (4 -> 4 and 4 -> 16 channels at 32x32) on photos: the sum
-    # of shifted terms gives the convolution's values to float32 rounding, and its
-    # derivatives are XLA's convolutions', bit for bit at the same cotangent or tangent.
-    import jax
-
-    from keras_irevnet.layers import jax_convolution
-
-    x = _photo_channels(32, 3, 4)
-    kernel = np.sin(np.arange(3 * 3 * 4 * channels_out, dtype="float32")).reshape(
-        3, 3, 4, channels_out
-    )
-    assert jax_convolution.has_few_channels((3, 3), 4, channels_out)
-    xla = jax.jit(jax_convolution._convolution)
-    few = jax.jit(jax_convolution.few_channel_convolution)
-    assert_relative_error_below(np.asarray(few(x, kernel)), np.asarray(xla(x, kernel)), 1e-6)
-
-    cotangent = np.cos(np.asarray(xla(x, kernel)))
-    for got, want in zip(
-        jax.vjp(few, x, kernel)[1](cotangent), jax.vjp(xla, x, kernel)[1](cotangent)
-    ):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    tangents = (np.flip(x, axis=1).copy(), np.cos(kernel))
-    np.testing.assert_array_equal(
-        np.asarray(jax.jvp(few, (x, kernel), tangents)[1]),
-        np.asarray(jax.jvp(xla, (x, kernel), tangents)[1]),
-    )
-
-    # The sum is stored once, behind a conditional that XLA cannot fuse into its consumers
-    # (without it the CIFAR model's inference ran slower than with XLA's convolution).
-    program = str(jax.make_jaxpr(few)(x, kernel))
-    assert program.count("cond[") == 1, program
-
-
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's convolution forms")
-def test_jax_few_channel_convolutions_are_3x3_on_at_most_6_channels_not_narrowing():
-    from keras_irevnet.layers import jax_convolution
-
-    has_few_channels = jax_convolution.has_few_channels
-    assert has_few_channels((3, 3), 4, 4) and has_few_channels((3, 3), 6, 24)
-    assert not has_few_channels((3, 3), 8, 8)  # 72 terms: the convolution is faster
-    assert not has_few_channels((3, 3), 16, 4)  # narrowing: no faster
-    assert not has_few_channels((3, 3), 6, 4)
-    assert not has_few_channels((1, 1), 4, 4)  # not measured
-    assert not has_few_channels((5, 5), 2, 2)
 
 
 def test_conv2d_config_roundtrip():

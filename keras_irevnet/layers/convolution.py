@@ -33,15 +33,14 @@ class Conv2D(keras.layers.Conv2D):
     matrix product (`_shifted_products_convolution`; on TensorFlow without oneDNN with its
     gradients written out, `tensorflow_kernels.shifted_products`). On JAX on CPU, a
     stride-1 "same" convolution to fewer channels than it reads (kernel not wide) has its
-    kernel gradient computed in the form XLA runs fastest, and a 3x3 one of few input
-    channels (at most 6) has its forward values computed as a sum of
-    shifted views (`keras_irevnet.layers.jax_convolution`). On TensorFlow without oneDNN,
-    the others are trained with oneDNN's kernels (float32) or Eigen's gradient kernels, not
-    TensorFlow's default ones (`keras_irevnet.layers.tensorflow_kernels`).
+    kernel gradient computed in the form XLA runs fastest
+    (`keras_irevnet.layers.jax_convolution`). On TensorFlow without oneDNN, the others are
+    trained with oneDNN's kernels (float32) or Eigen's gradient kernels, not TensorFlow's
+    default ones (`keras_irevnet.layers.tensorflow_kernels`).
 
     Everything else, and `torch.compile`, is Keras' own `Conv2D`. Weights are those of
     Keras' layer, and results too: bit for bit on the channels_last path, to float32
-    rounding on the NCHW, matrix-product and sum-of-terms paths (tested).
+    rounding on the NCHW and matrix-product paths (tested).
     """
 
     # Which path `convolution_op` takes, set in `build` (class defaults: Keras' own path).
@@ -50,7 +49,6 @@ class Conv2D(keras.layers.Conv2D):
     _shifted_products = False
     _tensorflow_shifted_gradients = False
     _jax_narrowing = False
-    _jax_few_channels = False
     _tensorflow_cpu_kernels = False
 
     def build(self, input_shape):
@@ -73,12 +71,6 @@ class Conv2D(keras.layers.Conv2D):
             and input_shape[-1] > self.filters
             and jax_cpu
         )
-        if same and not wide and jax_cpu and input_shape[-1] is not None:
-            from keras_irevnet.layers import jax_convolution
-
-            self._jax_few_channels = jax_convolution.has_few_channels(
-                self.kernel_size, input_shape[-1], self.filters
-            )
         self._tensorflow_shifted_gradients = (
             self._shifted_products and keras.backend.backend() == "tensorflow"
         )
@@ -113,12 +105,6 @@ class Conv2D(keras.layers.Conv2D):
 
             convert = keras.ops.convert_to_tensor
             return jax_convolution.convolution(convert(inputs), convert(kernel))
-        if self._jax_few_channels and keras.backend.standardize_dtype(inputs.dtype) == "float32":
-            # (float32 only: a 16-bit sum of the terms would round at every one of them)
-            from keras_irevnet.layers import jax_convolution
-
-            convert = keras.ops.convert_to_tensor
-            return jax_convolution.few_channel_convolution(convert(inputs), convert(kernel))
         if self._tensorflow_cpu_kernels:
             from keras_irevnet.layers import tensorflow_kernels
 

@@ -1,8 +1,4 @@
-"""Stride-1 "same" convolutions for JAX on CPU in the forms XLA computes fastest.
-
-`convolution`: narrowing convolutions, whose kernel gradient XLA computes slowly.
-`few_channel_convolution`: convolutions of few input channels, whose forward pass XLA
-computes slowly (below).
+"""A stride-1 "same" convolution for JAX on CPU whose kernel gradient XLA computes fast.
 
 The gradient of conv(x, kernel) w.r.t. the kernel, at an output cotangent g, is
 sum over (n, h, w) of the padded input's shifted views times g. XLA computes it as a
@@ -25,31 +21,12 @@ kernel gradient in the fast form. Forward values are Keras' own (the same
 autodiff w.r.t. the kernel works but evaluates the transposed form, which XLA runs many
 times slower than the convolution (the analyses differentiate w.r.t. inputs only; an
 undifferentiated kernel costs nothing there).
-
-On few input channels XLA's CPU convolution runs at a fraction of its speed elsewhere (CIFAR's
-first stage, 32x32, batch 128, forward: 4 -> 4 channels 3.75 ms, 4 -> 16 3.76 ms, where 16 ->
-16 takes 3.97 ms for four times the arithmetic). Written out as the sum of the kernel's
-kh * kw * in terms, each a shifted view of the padded input's channel times that channel's
-row of the kernel, XLA fuses the whole sum into one pass over the output: 1.01 and 1.87 ms;
-the ImageNet models' 56x56 stage at batch 4, 6 -> 6 channels 0.60 -> 0.25 ms, 6 -> 24 0.67
--> 0.54. With more terms the convolution wins (8 -> 32 channels: 3.48 against 9.48 ms;
-16 -> 16 3.97 against 15.3; `FEW_CHANNELS` draws the line), and on narrowing convolutions
-(16 -> 4: 5.87 against 5.90 ms) the sum is no faster. Only the forward values take the sum:
-`few_channel_convolution` is a `jax.custom_jvp` whose tangents are XLA's convolutions, so
-gradients (and forward-mode products) are XLA's usual ones; the sum, differentiated as
-written, made the gradient 9-16 times slower (110 times on 16 -> 4). In the CIFAR model,
-two models in one process, steps interleaved: `predict_on_batch` at batch 128 0.712 ->
-0.636 s (1.12x), `train_on_batch` at batch 64 1.477 -> 1.452 s (1.02x, the forward pass
-only); the ImageNet model unchanged (inference 0.98x, training 1.00x, batch 4). All on 2
-cores of an Intel Xeon with AVX-512.
 """
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
-
-from keras_irevnet.layers import fusion_boundary
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -95,54 +72,3 @@ def _convolution_jvp(primals, tangents):
 
 
 convolution.defjvp(_convolution_jvp, symbolic_zeros=True)
-
-
-# 3x3 kernels on at most this many input channels (54 terms per output); measured on 3x3
-# kernels only, so other sizes keep XLA's convolution.
-FEW_CHANNELS = 6
-
-
-def has_few_channels(kernel_size, channels_in, channels_out):
-    """Whether `few_channel_convolution` is the faster forward pass: a 3x3 kernel on at most
-    `FEW_CHANNELS` input channels, and no fewer output channels than input ones."""
-    return tuple(kernel_size) == (3, 3) and channels_in <= min(FEW_CHANNELS, channels_out)
-
-
-def _sum_of_shifted_terms(x, kernel):
-    height, width, channels_in, _ = kernel.shape
-    rows, columns = x.shape[1], x.shape[2]
-    padded = jnp.pad(x, ((0, 0), (height // 2,) * 2, (width // 2,) * 2, (0, 0)))
-    total = None
-    for i in range(height):
-        for j in range(width):
-            for c in range(channels_in):
-                term = padded[:, i : i + rows, j : j + columns, c : c + 1] * kernel[i, j, c]
-                total = term if total is None else total + term
-    # Stored once: left to XLA, the sum was fused into each of its consumers (the
-    # coupling's sum and what reads it), all 36 terms again in each, and the CIFAR model's
-    # inference ran 1.13x slower than with XLA's convolution instead of 1.12x faster.
-    return fusion_boundary.stored(total)
-
-
-@jax.custom_jvp
-def few_channel_convolution(x, kernel):
-    """`conv_general_dilated(x, kernel)`, stride 1, "same", NHWC / HWIO, odd kernel sizes,
-    its values computed as a sum of shifted views times kernel rows (equal to the
-    convolution to float32 rounding), its derivatives XLA's convolutions'."""
-    return _sum_of_shifted_terms(x, kernel)
-
-
-def _few_channel_convolution_jvp(primals, tangents):
-    x, kernel = primals
-    x_tangent, kernel_tangent = tangents
-    y = _sum_of_shifted_terms(x, kernel)
-    tangent = None
-    if not isinstance(x_tangent, SymbolicZero):
-        tangent = _convolution(x_tangent, kernel)
-    if not isinstance(kernel_tangent, SymbolicZero):
-        term = _convolution(x, kernel_tangent)
-        tangent = term if tangent is None else tangent + term
-    return y, jnp.zeros_like(y) if tangent is None else tangent
-
-
-few_channel_convolution.defjvp(_few_channel_convolution_jvp, symbolic_zeros=True)
